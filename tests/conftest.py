@@ -1,0 +1,77 @@
+"""One fixture isolates everything: WORKBENCH_HOME points at a fresh folder for the whole run."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "shapes.png"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def workbench_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("workbench-home")
+    old = {k: os.environ.get(k) for k in ("WORKBENCH_HOME", "HF_HUB_OFFLINE")}
+    os.environ["WORKBENCH_HOME"] = str(home)
+    os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach a hub
+    yield home
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(workbench_home):
+    from workbench.tiny import ensure_built
+
+    return ensure_built()
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    """The tiny model loaded once for the whole run (tests that unload use their own session)."""
+    import workbench.session as S
+
+    session = S.load("tiny", name="shared-tiny")
+    yield session
+    if "shared-tiny" in S.sessions():
+        S.unload("shared-tiny")
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory):
+    """A real HTTP server on 127.0.0.1 serving a folder (images, a non-image, a big file)."""
+    root = tmp_path_factory.mktemp("www")
+    (root / "shapes.png").write_bytes(EXAMPLE.read_bytes())
+    (root / "notes.txt").write_text("not an image")
+    (root / "big.png").write_bytes(EXAMPLE.read_bytes() + b"\0" * 3_000_000)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(root), **k)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def parrot_dir(tiny_dir, workbench_home):
+    """The tiny model overfit to answer QUESTION about examples/shapes.png with a grounded ANSWER."""
+    from PIL import Image
+
+    import parrot
+
+    return parrot.build(tiny_dir, workbench_home / "models" / "parrot", Image.open(EXAMPLE).convert("RGB"))

@@ -1,0 +1,118 @@
+"""``workbench infer``: chat in the terminal, interactively or one question at a time.
+
+Interactive (no ``--query``): a ``<<<`` prompt; for every ``<image>`` tag in what you type you are
+asked for an image path or URL; ``clear`` forgets the conversation; ``exit`` quits. One-shot:
+``--query "<image>Describe it." --images a.png`` prints the answer (``--stream`` token by token).
+``--draw-boxes out.png`` saves the image with any boxes from the answer drawn on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("infer", help="chat with a model (interactive, or one-shot with --query)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="catalog name, hub id or local directory (default: the tiny demo model)")
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--max-memory", nargs="+", default=None, metavar="SIZE", help="per-GPU budgets, e.g. 15GB 15GB")
+    p.add_argument("--device-map", default=None, help="'auto', a JSON object, or a JSON file of module → device")
+    p.add_argument("--attn-impl", default=None, help="sdpa, eager, flash_attention_2, …")
+    p.add_argument("--quantization", default=None, choices=["int8", "4bit"])
+    p.add_argument("--adapter", default=None, help="a PEFT adapter directory to attach")
+    p.add_argument("--query", default=None, help="ask one question and exit")
+    p.add_argument("--images", default=None, help="comma-separated image paths or URLs, in <image> order")
+    p.add_argument("--videos", default=None, help="comma-separated video paths")
+    p.add_argument("--system", default=None, help="system prompt (default: the family's own)")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-tiles", type=int, default=None, help="448-px tiles per image (default: the family's)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    p.add_argument("--draw-boxes", default=None, metavar="PNG", help="save the image with the answer's boxes drawn")
+    p.set_defaults(run=run)
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def run(args) -> int:
+    from ..chat import GenerationSettings
+    from ..session import load
+
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_p=args.top_p, seed=args.seed)
+    settings.check()
+    session = load(args.model, dtype=args.dtype, max_memory=args.max_memory, device_map=args.device_map,
+                   attn_implementation=args.attn_impl, quantization=args.quantization, adapter=args.adapter)
+    conv = session.chat(system=args.system, settings=settings, max_tiles=args.max_tiles)
+    if args.query is not None:
+        _answer(conv, args.query, _split(args.images), _split(args.videos), args.stream, args.draw_boxes)
+        return 0
+    return _interactive(conv, args)
+
+
+def _answer(conv, query: str, images: list[str], videos: list[str], stream: bool, draw: str | None) -> None:
+    if stream:
+        for delta in conv.stream(query, images, videos):
+            print(delta, end="", flush=True)
+        print()
+    else:
+        print(conv.ask(query, images, videos))
+    turn = conv.turns[-1]
+    for problem in turn.grounding.problems:
+        print(f"[boxes] {problem}", file=sys.stderr)
+    if draw:
+        from ..grounding import draw as draw_boxes
+
+        image = conv.image_for(turn)
+        if image is None:
+            print("[boxes] no image in this conversation to draw on", file=sys.stderr)
+        elif not turn.grounding.boxes:
+            print("[boxes] the answer has no boxes; nothing drawn", file=sys.stderr)
+        else:
+            draw_boxes(image, turn.grounding.refs).save(draw)
+            print(f"[boxes] {len(turn.grounding.boxes)} box(es) drawn to {draw}", file=sys.stderr)
+
+
+def _interactive(conv, args) -> int:
+    from ..errors import UserInputError
+
+    print(f"Chatting with {conv.session.source}. Type 'clear' to forget, 'exit' to quit; "
+          "each <image> in your text asks for an image path or URL.")
+    turn_no = 0
+    while True:
+        try:
+            query = input("<<< ")
+        except EOFError:
+            print()
+            return 0
+        command = query.strip().lower()
+        if command in ("exit", "quit"):
+            return 0
+        if command == "clear":
+            conv.clear()
+            print("(conversation cleared)")
+            continue
+        if not command:
+            continue
+        images = []
+        for i in range(query.count("<image>")):
+            try:
+                images.append(input(f"Input an image path or URL for <image> {i + 1}: ").strip())
+            except EOFError:
+                return 0
+        turn_no += 1
+        draw = None
+        if args.draw_boxes:
+            out = Path(args.draw_boxes)
+            draw = str(out.with_name(f"{out.stem}-{turn_no}{out.suffix or '.png'}"))
+        try:
+            _answer(conv, query, images, [], True, draw)
+        except UserInputError as exc:  # a bad image or tag count: say so and keep the chat going
+            print(f"error: {exc}", file=sys.stderr)
