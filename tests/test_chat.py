@@ -196,3 +196,10 @@ def test_every_turn_is_logged_and_hooked(tiny, workbench_home):
     last = json.loads((workbench_home / "logs" / "chat.jsonl").read_text().splitlines()[-1])
     assert last["question"] == "<image>logged?" and last["session"] == "shared-tiny"
     assert last["images"] == ["<PIL image 448x448>"] and last["answer_tokens"] == 3
+
+
+def test_every_answer_of_a_session_is_generated_on_one_thread(tiny):
+    # CUDA-graph decode (static cache on a GPU) keeps thread-local state: one thread per session.
+    tiny.chat(log=False).ask("one", max_new_tokens=2)
+    tiny.chat(log=False).ask("two", max_new_tokens=2)
+    assert len(tiny._executor._threads) == 1

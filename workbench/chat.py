@@ -261,12 +261,12 @@ class Conversation:
                 streamer.end()
 
         turn.prompt_tokens = int(inputs["input_ids"].shape[1])
-        return self._pump(turn, threading.Thread(target=work, daemon=True, name="workbench-generate"), streamer, result)
+        return self._pump(turn, work, streamer, result)
 
-    def _pump(self, turn: Turn, worker: threading.Thread, streamer, result: dict) -> Iterator[str]:
+    def _pump(self, turn: Turn, work: Callable[[], None], streamer, result: dict) -> Iterator[str]:
         stop_strings = _stop_strings(self.session.tokenizer)
         start = time.perf_counter()
-        worker.start()
+        done = self.session.run_in_generation_thread(work)
         pieces: list[str] = []
         ended = exhausted = False
         try:
@@ -288,7 +288,7 @@ class Conversation:
                 self._stop.set()
                 for _ in streamer:  # drain until the worker's end-of-stream so it can finish
                     pass
-            worker.join()
+            done.result()
             self._busy.release()
             error = result.get("error")
             if error is None:

@@ -43,6 +43,19 @@ class Session:
     plan: placement.Plan | None = None
     adapter: str | None = None
     info: dict = field(default_factory=dict)
+    _executor: object = field(default=None, repr=False)
+
+    def run_in_generation_thread(self, fn):
+        """Run ``fn`` on this session's one generation thread and return its Future.
+
+        Every generate call of a session runs on the same thread: transformers compiles the
+        static-cache decode step into CUDA graphs, whose bookkeeping is thread-local, so a fresh
+        thread per answer breaks on the GPU (seen on the H100, see bench/gpu_smoke.py)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"workbench-{self.name}")
+        return self._executor.submit(fn)
 
     @property
     def tokenizer(self):
@@ -333,6 +346,9 @@ def unload(name: str | Session | None = None) -> None:
                 names = [key]
         for n in names:
             s = _sessions.pop(n)
+            if s._executor is not None:
+                s._executor.shutdown(wait=True)
+                s._executor = None
             s.model = None  # type: ignore[assignment]
             s.processor = None
     gc.collect()
