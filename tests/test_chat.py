@@ -198,8 +198,14 @@ def test_every_turn_is_logged_and_hooked(tiny, workbench_home):
     assert last["images"] == ["<PIL image 448x448>"] and last["answer_tokens"] == 3
 
 
-def test_every_answer_of_a_session_is_generated_on_one_thread(tiny):
-    # CUDA-graph decode (static cache on a GPU) keeps thread-local state: one thread per session.
-    tiny.chat(log=False).ask("one", max_new_tokens=2)
-    tiny.chat(log=False).ask("two", max_new_tokens=2)
-    assert len(tiny._executor._threads) == 1
+def test_every_answer_is_generated_on_one_thread(tiny, tiny_dir):
+    # CUDA-graph decode (static cache on a GPU) keeps thread-local state: one generation thread.
+    import workbench.session as S
+
+    other = workbench.load(tiny_dir, name="other-thread-check")
+    try:
+        tiny.chat(log=False).ask("one", max_new_tokens=2)
+        other.chat(log=False).ask("two", max_new_tokens=2)
+        assert len(S._generation_executor._threads) == 1
+    finally:
+        other.unload()

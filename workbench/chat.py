@@ -266,7 +266,9 @@ class Conversation:
     def _pump(self, turn: Turn, work: Callable[[], None], streamer, result: dict) -> Iterator[str]:
         stop_strings = _stop_strings(self.session.tokenizer)
         start = time.perf_counter()
-        done = self.session.run_in_generation_thread(work)
+        from .session import run_in_generation_thread
+
+        done = run_in_generation_thread(work)
         pieces: list[str] = []
         ended = exhausted = False
         try:

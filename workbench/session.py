@@ -28,6 +28,23 @@ ATTN_IMPLS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_a
 
 _sessions: dict[str, "Session"] = {}
 _lock = threading.Lock()
+_generation_executor = None
+
+
+def run_in_generation_thread(fn):
+    """Run ``fn`` on the process's one generation thread; returns a Future.
+
+    Every ``generate`` call runs on the same thread: on a GPU transformers compiles the static-cache
+    decode step into CUDA graphs, and torch keeps their bookkeeping in the thread that first used
+    them. A fresh thread per answer, or one per session, fails there (seen on the H100 with
+    bench/gpu_smoke.py). Answers of different sessions therefore take turns."""
+    global _generation_executor
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _lock:
+        if _generation_executor is None:
+            _generation_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workbench-generate")
+    return _generation_executor.submit(fn)
 
 
 @dataclass
@@ -43,19 +60,6 @@ class Session:
     plan: placement.Plan | None = None
     adapter: str | None = None
     info: dict = field(default_factory=dict)
-    _executor: object = field(default=None, repr=False)
-
-    def run_in_generation_thread(self, fn):
-        """Run ``fn`` on this session's one generation thread and return its Future.
-
-        Every generate call of a session runs on the same thread: transformers compiles the
-        static-cache decode step into CUDA graphs, whose bookkeeping is thread-local, so a fresh
-        thread per answer breaks on the GPU (seen on the H100, see bench/gpu_smoke.py)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"workbench-{self.name}")
-        return self._executor.submit(fn)
 
     @property
     def tokenizer(self):
@@ -346,9 +350,6 @@ def unload(name: str | Session | None = None) -> None:
                 names = [key]
         for n in names:
             s = _sessions.pop(n)
-            if s._executor is not None:
-                s._executor.shutdown(wait=True)
-                s._executor = None
             s.model = None  # type: ignore[assignment]
             s.processor = None
     gc.collect()
