@@ -168,16 +168,18 @@ def plan(model, max_memory, *, dtype: torch.dtype | None = None, headroom: Headr
         return base + (vision_act if g == gpus[0] else 0)
 
     def assign(share: float) -> list[int] | None:
-        """Greedy contiguous fill with each GPU capped at ``share`` of its budget."""
-        where, gi, used = [], 0, fixed_reserve(gpus[0])
-        for k, unit in enumerate(units):
-            while used + unit.cost > share * budgets[gpus[gi]] and not (k == 0):
+        """Greedy contiguous fill with each GPU capped at ``share`` of its budget (None: no fit).
+        Unit 0, the vision+embedding group, must fit on the first GPU."""
+        gi, used = 0, fixed_reserve(gpus[0]) + units[0].cost
+        if used > share * budgets[gpus[0]]:
+            return None
+        where = [0]
+        for unit in units[1:]:
+            while used + unit.cost > share * budgets[gpus[gi]]:
                 gi += 1
                 if gi == len(gpus):
                     return None
                 used = fixed_reserve(gpus[gi])
-            if k == 0 and used + unit.cost > share * budgets[gpus[0]]:
-                return None  # the vision+embedding group must sit on the first GPU
             where.append(gi)
             used += unit.cost
         return where
