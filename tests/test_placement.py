@@ -76,7 +76,8 @@ def test_76b_on_eight_24gb_gpus_uses_all_eight(m76):
 def test_unequal_budgets_are_respected(m26):
     budgets = {0: "20GB", 1: "12GB", 2: "12GB", 3: "20GB"}
     plan = P.plan(m26, budgets)
-    _check(m26, plan, [None] * 4 if False else list(budgets.values()))
+    _check(m26, plan, list(budgets.values()))
+    assert plan.used(1) < plan.used(0) and plan.used(2) < plan.used(3), "smaller budgets get less"
 
 
 def test_a_model_that_cannot_fit_gets_the_numbers(m76):
