@@ -59,7 +59,9 @@ def main(out_path: str) -> None:
     tiny.unload()
     planned = workbench.load(max_memory=["2GB"], name="tiny-planned")
     res["tiny_planned_map_devices"] = sorted(set(map(str, planned.device_map.values())))
-    res["tiny_planned_answer_tokens"] = len(planned.chat(log=False).ask("<image>Hi", [img], max_new_tokens=8)) >= 0
+    planned_conv = planned.chat(log=False)
+    planned_conv.ask("<image>Hi", [img], max_new_tokens=8)
+    res["tiny_planned_answer_tokens"] = planned_conv.turns[-1].answer_tokens
     planned.unload()
 
     # 2. InternVL2-2B shape, random init, through workbench.load

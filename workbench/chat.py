@@ -32,6 +32,7 @@ from PIL import Image
 from . import grounding, media
 from .errors import ConversationError, UserInputError
 from .paths import subdir
+from .session import run_in_generation_thread
 
 _INLINE_IMG = re.compile(r"<img>(.*?)</img>", re.S)
 _PLACEHOLDER = re.compile(r"<image>|<img>.*?</img>", re.S)
@@ -266,8 +267,6 @@ class Conversation:
     def _pump(self, turn: Turn, work: Callable[[], None], streamer, result: dict) -> Iterator[str]:
         stop_strings = _stop_strings(self.session.tokenizer)
         start = time.perf_counter()
-        from .session import run_in_generation_thread
-
         done = run_in_generation_thread(work)
         pieces: list[str] = []
         ended = exhausted = False
