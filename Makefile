@@ -1,11 +1,11 @@
 # The two commands of the README:
-#   make demo   set up, then chat with the built-in demo model about an example image
-#   make test   set up, then run every test
+#   make demo   set up, then open JupyterLab on the quickstart notebook (offline demo model)
+#   make test   set up, then run every test (the browser tests use Debian's chromium)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test
+.PHONY: setup chromium demo test
 
 setup: $(VENV)/.installed
 
@@ -15,13 +15,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch torchvision
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[notebook,dev]'
 	touch $@
 
-demo: setup
-	$(BIN)/workbench infer --images examples/shapes.png --stream --draw-boxes answer.png \
-		--query "<image>Please provide the bounding box coordinate of the region this sentence describes: <ref>the red circle</ref>"
-	$(BIN)/workbench infer
+# The browser tests drive Debian's chromium through Playwright (browser downloads are impossible
+# here). Installed with apt when missing; needs root (or set SUDO=sudo).
+SUDO ?=
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: setup
+demo: setup
+	$(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) notebooks/quickstart.ipynb
+
+test: setup chromium
 	$(BIN)/python -m pytest

@@ -5,9 +5,8 @@ import threading
 import pytest
 from PIL import Image
 
-import parrot
 import workbench
-from conftest import EXAMPLE
+from conftest import ANSWER, EXAMPLE, QUESTION
 from workbench import chat as C
 from workbench.errors import ConversationError, ImageError, UserInputError
 
@@ -171,12 +170,12 @@ def test_a_too_long_prompt_is_refused(tiny):
         conv.ask("<image>" * 9 + "?", [WIDE] * 9, max_new_tokens=10)  # 9 × 4 tiles × 256 tokens
 
 
-def test_grounded_answers_keep_ref_and_box(parrot_dir):
-    session = workbench.load(parrot_dir, name="parrot-chat")
+def test_grounded_answers_keep_ref_and_box(demo_dir):
+    session = workbench.load(demo_dir, name="demo-chat")
     try:
         conv = session.chat(log=False)
-        answer = "".join(conv.stream("<image>\n" + parrot.QUESTION, [EXAMPLE], max_new_tokens=40))
-        assert answer == parrot.ANSWER
+        answer = "".join(conv.stream("<image>\n" + QUESTION, [EXAMPLE], max_new_tokens=40))
+        assert answer == ANSWER
         refs = conv.turns[-1].grounding.refs
         assert [(r.label, r.boxes) for r in refs] == [("the red circle", [(125, 250, 375, 583)])]
         assert conv.image_for().size == (640, 480)

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from .errors import ModelNotFoundError
 from .templates import INTERNVL2_5_SYSTEM, INTERNVL2_SYSTEM
 
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "demo"  # the offline demo model (workbench.demo); "tiny" is the untrained one tests use
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    hub_id: str | None  # None: built by the project (the tiny model)
+    hub_id: str | None  # None: built by the project (the tiny and demo models)
     family: str  # internvl-chat-v1_5, mini-internvl-v1_5, internvl2, internvl2_5, internvl3, internvl3_5, tiny
     checkpoint_format: str  # "original" (remote-code InternVLChatModel) or "native" (transformers InternVL)
     llm_type: str  # language model as published: internlm2, qwen2, phi3, yi, llama3
@@ -45,6 +45,8 @@ def _hf(name, hub, family, llm, *, tiles, arch=None):
 
 _SPECS = [
     ModelSpec("tiny", None, "tiny", "native", "qwen2", "internvl2_5", None, True, 6, True, "tiny"),
+    # The tiny model trained to ground the example image (workbench.demo); one tile per image.
+    ModelSpec("demo", None, "tiny", "native", "qwen2", "internvl2_5", None, True, 1, True, "tiny"),
     # InternVL 1.5: images in one turn only; 12 tiles.
     _orig("internvl-chat-v1_5", "OpenGVLab/InternVL-Chat-V1-5", "internvl-chat-v1_5", "internlm2", "internlm2-chat",
           INTERNVL2_SYSTEM, multi_turn=False, tiles=12, video=False, arch="internvl-chat-v1_5"),

@@ -85,6 +85,12 @@ class Session:
     def unload(self) -> None:
         unload(self.name)
 
+    def __repr__(self) -> str:  # the dataclass default would print the whole module tree
+        where = "cpu" if self.device_map is None else "+".join(sorted({str(v) for v in self.device_map.values()}))
+        extra = f", adapter={self.adapter!r}" if self.adapter else ""
+        return (f"Session({self.name!r}, model={self.source!r}, dtype={str(self.dtype).replace('torch.', '')}, "
+                f"device={where}{extra})")
+
 
 # ---------------------------------------------------------------------------------------------
 # Resolving what the user named
@@ -105,9 +111,9 @@ def resolve(model: str | os.PathLike | None) -> tuple[Path | str, ModelSpec | No
         return path, _spec_from_config(path)
     spec = catalog.lookup(text)
     if spec and spec.hub_id is None:  # built by the project
-        from .tiny import ensure_built
+        from . import demo, tiny
 
-        return ensure_built(), spec
+        return (demo.ensure_built() if spec.name == "demo" else tiny.ensure_built()), spec
     if spec:
         return spec.hub_id, spec
     if "/" in text and not text.startswith((".", "/", "~")) and text.count("/") == 1:
@@ -117,8 +123,9 @@ def resolve(model: str | os.PathLike | None) -> tuple[Path | str, ModelSpec | No
 
 
 def _spec_from_config(path: Path) -> ModelSpec | None:
-    if "tiny" in path.name:
-        return catalog.CATALOG["tiny"]
+    for built in ("demo", "tiny"):  # the project's own models, by folder name
+        if path.name.startswith(built):
+            return catalog.CATALOG[built]
     try:
         name = json.loads((path / "config.json").read_text()).get("_name_or_path", "")
     except (OSError, json.JSONDecodeError):

@@ -1,0 +1,34 @@
+"""The whole workbench in one widget: Chat and Model tabs, wired so that a model loaded in the
+Model tab is the one the Chat tab talks to."""
+
+from __future__ import annotations
+
+import ipywidgets as W
+
+from .. import session as sessions
+from .chat import ChatPanel
+from .model import ModelPanel
+
+
+class App(W.Tab):
+    def __init__(self, session=None):
+        self.chat = ChatPanel(session)
+        self.model = ModelPanel()
+        self.model.on_loaded.append(self.chat.use)
+        super().__init__([self.chat, self.model], titles=("Chat", "Model"))
+        self.add_class("wb-app")
+        # With nothing loaded yet, open on the Model tab: that is the first thing to do.
+        self.selected_index = 0 if (session is not None or sessions.sessions()) else 1
+
+    def close(self) -> None:
+        self.model.close()
+        super().close()
+
+
+def show(session=None) -> App:
+    """Display the workbench (Chat and Model tabs) and return it; ``session`` as for ChatPanel."""
+    from IPython.display import display
+
+    app = App(session)
+    display(app)
+    return app
