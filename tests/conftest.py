@@ -78,3 +78,21 @@ def demo_dir(tiny_dir):
 # What the demo model answers about the example image (see workbench/demo.py).
 QUESTION = "Where is the red circle?"
 ANSWER = "<ref>the red circle</ref><box>[[125, 250, 375, 583]]</box>"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, workbench_home):
+    """A real MLflow tracking server (SQLite + artifact folder) for the whole run; every process
+    started by the tests logs to it through MLFLOW_TRACKING_URI."""
+    from workbench import tracking
+
+    root = tmp_path_factory.mktemp("mlflow-root")
+    server = tracking.local_server(root)
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = server.uri
+    yield server
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+    server.stop()

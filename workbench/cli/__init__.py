@@ -11,7 +11,7 @@ import sys
 
 from ..errors import EnvironmentProblem, UserInputError
 
-COMMANDS = ["infer"]
+COMMANDS = ["infer", "data", "sft", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:

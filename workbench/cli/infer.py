@@ -23,6 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--attn-impl", default=None, help="sdpa, eager, flash_attention_2, …")
     p.add_argument("--quantization", default=None, choices=["int8", "4bit"])
     p.add_argument("--adapter", default=None, help="a PEFT adapter directory to attach")
+    p.add_argument("--ckpt", default=None, metavar="DIR",
+                   help="a fine-tune checkpoint (checkpoint-N, final or *-merged): reuses the run's model and settings")
     p.add_argument("--query", default=None, help="ask one question and exit")
     p.add_argument("--images", default=None, help="comma-separated image paths or URLs, in <image> order")
     p.add_argument("--videos", default=None, help="comma-separated video paths")
@@ -48,6 +50,8 @@ def run(args) -> int:
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, seed=args.seed)
     settings.check()
+    if args.ckpt:
+        _from_checkpoint(args)
     session = load(args.model, dtype=args.dtype, max_memory=args.max_memory, device_map=args.device_map,
                    attn_implementation=args.attn_impl, quantization=args.quantization, adapter=args.adapter)
     conv = session.chat(system=args.system, settings=settings, max_tiles=args.max_tiles)
@@ -116,3 +120,24 @@ def _interactive(conv, args) -> int:
             _answer(conv, query, images, [], True, draw)
         except UserInputError as exc:  # a bad image or tag count: say so and keep the chat going
             print(f"error: {exc}", file=sys.stderr)
+
+
+def _from_checkpoint(args) -> None:
+    """Fill model/adapter/max_tiles from the settings the fine-tune saved beside its checkpoints."""
+    from ..errors import UserInputError
+    from ..export import training_settings
+
+    ckpt = Path(args.ckpt)
+    if not ckpt.is_dir():
+        raise UserInputError(f"--ckpt {args.ckpt}: not a folder. Give a checkpoint-N, final or *-merged folder.")
+    if (ckpt / "adapter_config.json").exists():
+        settings = training_settings(ckpt)
+        if not settings and not args.model:
+            raise UserInputError(f"{ckpt} has no workbench_sft.json beside it: pass --model (the base) with --adapter.")
+        args.model = args.model or settings["model"]
+        args.adapter = str(ckpt)
+        args.max_tiles = args.max_tiles or settings.get("max_tiles")
+    elif (ckpt / "config.json").exists():
+        args.model = str(ckpt)
+    else:
+        raise UserInputError(f"{ckpt} holds neither an adapter (adapter_config.json) nor a model (config.json).")
