@@ -13,11 +13,9 @@ written through a temporary folder, so a half-trained model is never picked up.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
-from .paths import subdir
+from .paths import built_model
 
 DEMO_VERSION = "demo-v0"
 EXAMPLE_IMAGE = Path(__file__).with_name("assets") / "shapes.png"
@@ -97,17 +95,4 @@ def build(dest: Path, *, steps: int = 400, seed: int = 0) -> Path:
 
 def ensure_built() -> Path:
     """The demo model's directory, training it on first use."""
-    target = subdir("models") / DEMO_VERSION
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_VERSION}-", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first; its model is the same
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return built_model(DEMO_VERSION, build)

@@ -78,8 +78,9 @@ class Job:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def checkpoints(self) -> list[Path]:
-        found = [p for p in self.output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-        return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+        from .sft import checkpoints
+
+        return checkpoints(self.output_dir)
 
     # -- verbs ------------------------------------------------------------------------------------
 

@@ -31,3 +31,26 @@ def subdir(*parts: str) -> Path:
     path = home().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def built_model(name: str, build) -> Path:
+    """``models/<name>`` under the home, made by ``build(folder)`` on first use. The build writes
+    into a temporary folder that is renamed into place, so a half-built model is never picked up
+    and two processes racing both end with the same complete folder."""
+    import shutil
+    import tempfile
+
+    target = subdir("models") / name
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first; its model is the same
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -173,9 +173,15 @@ def _resume_point(cfg: SFTConfig, output_dir: str):
     return str(found)
 
 
-def last_checkpoint(output_dir: str | Path) -> Path | None:
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """The checkpoint-N folders of a run, in step order."""
     folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return max(folders, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    return sorted(folders, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    found = checkpoints(output_dir)
+    return found[-1] if found else None
 
 
 class SFTDataset:

@@ -13,11 +13,9 @@ written to a temporary folder first, so a half-built model is never picked up.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
-from .paths import subdir
+from .paths import built_model
 
 TINY_VERSION = "tiny-v1"
 SEED = 1234
@@ -124,17 +122,4 @@ def build(dest: Path, *, seed: int = SEED) -> Path:
 
 def ensure_built() -> Path:
     """The tiny model's directory, building it on first use (atomically: temp dir, then rename)."""
-    target = subdir("models") / TINY_VERSION
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
-    tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_VERSION}-", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process won the race; theirs is identical
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return built_model(TINY_VERSION, build)
