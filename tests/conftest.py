@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http.server
+import json
+import shutil
 import os
 import threading
 from pathlib import Path
@@ -96,3 +98,26 @@ def mlflow_server(tmp_path_factory, workbench_home):
     else:
         os.environ["MLFLOW_TRACKING_URI"] = old
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    """The example grounding data as a train and a validation file."""
+    folder = tmp_path_factory.mktemp("sft-data")
+    shutil.copy(EXAMPLE, folder / "shapes.png")
+    rows = [json.loads(line) for line in (REPO / "examples" / "shapes-grounding.jsonl").read_text().splitlines()]
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (folder / "val.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def finished(dataset, demo_dir, mlflow_server):
+    """A short LoRA fine-tune of the demo model, run as a background job to the end."""
+    from workbench import jobs
+
+    job = jobs.launch(REPO / "recipes" / "demo-lora.yaml", dataset=[str(dataset / "train.jsonl")],
+                      val_dataset=[str(dataset / "val.jsonl")], max_steps=4, save_steps=2, eval_samples=2,
+                      register_as="test-demo-lora")
+    assert job.wait(600) == "finished", job.log_tail()
+    return job

@@ -2,7 +2,6 @@
 server: finish, cancel and resume, crash, a new kernel finding jobs, merge, pyfunc, CLI."""
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -28,25 +27,6 @@ def rest(server, endpoint, **params):
 
 def metric_steps(server, run_id, key):
     return [m["step"] for m in rest(server, "metrics/get-history", run_id=run_id, metric_key=key).get("metrics", [])]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sft-data")
-    shutil.copy(EXAMPLE, folder / "shapes.png")
-    rows = [json.loads(line) for line in (REPO / "examples" / "shapes-grounding.jsonl").read_text().splitlines()]
-    (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    (folder / "val.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def finished(dataset, demo_dir, mlflow_server):
-    job = jobs.launch(REPO / "recipes" / "demo-lora.yaml", dataset=[str(dataset / "train.jsonl")],
-                      val_dataset=[str(dataset / "val.jsonl")], max_steps=4, save_steps=2, eval_samples=2,
-                      register_as="test-demo-lora")
-    assert job.wait(600) == "finished", job.log_tail()
-    return job
 
 
 def test_finished_run_is_tracked(finished, mlflow_server):
@@ -99,27 +79,59 @@ def test_merge_equals_base_plus_adapter(finished):
     workbench.unload(session)
 
 
+def test_merged_models_are_logged_and_registered(finished, mlflow_server, tmp_path):
+    """job.merge() and `workbench export` both log the merged model to the fine-tune's run, register
+    it with its lineage, and leave the run's own status alone."""
+    finished.merge()
+    out = run_cli("export", "--ckpt", str(finished.output_dir / "checkpoint-2"), "--merge-lora", "--out", str(tmp_path / "m2"))
+    assert out.returncode == 0 and finished.run_id in out.stdout, out.stderr
+    found = rest(mlflow_server, "model-versions/search", filter="name='workbench-demo-merged'")["model_versions"]
+    steps = {t["value"] for v in found for t in v.get("tags", []) if t["key"] == "checkpoint_step"}
+    assert {"final", "2"} <= steps
+    assert all(v["run_id"] == finished.run_id for v in found)
+    assert rest(mlflow_server, "runs/get", run_id=finished.run_id)["run"]["info"]["status"] == "FINISHED"
+
+
 def test_a_new_kernel_finds_the_job(finished):
     code = "from workbench import jobs; print([(j.id, j.state) for j in jobs.list()])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (finished.id, "finished") in eval(out.stdout), out.stderr
 
 
-def test_cancel_keeps_checkpoint_and_resume_continues(dataset, demo_dir, mlflow_server):
-    job = jobs.launch(REPO / "recipes" / "demo-lora.yaml", dataset=[str(dataset / "train.jsonl")],
-                      max_steps=60, save_steps=10, register_as="test-resume")
-    deadline = time.monotonic() + 300
-    while job.progress().get("last_checkpoint_step") is None:
-        assert job.state in ("starting", "running") and time.monotonic() < deadline, job.log_tail()
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-    job.cancel()
-    assert job.state == "killed"
+
+
+def test_cancel_keeps_checkpoint_and_resume_continues(dataset, demo_dir, mlflow_server):
+    """Driven through the jobs panel's buttons, which follow the running job on their own."""
+    from workbench.ui.jobs import JobsPanel
+
+    panel = JobsPanel(refresh_s=0.3)
+    job = panel.launch(REPO / "recipes" / "demo-lora.yaml", dataset=[str(dataset / "train.jsonl")],
+                       max_steps=60, save_steps=10, register_as="test-resume")
+    assert panel.selected == job.id and not panel.cancel_button.disabled
+    wait_for(lambda: "last checkpoint" in panel.summary.value or job.state not in ("starting", "running"), 300,
+             "a checkpoint")
+    assert panel.state == "running", job.log_tail()
+    assert panel.eta.value.startswith("ETA") and 0 < panel.progress.value < 60 and panel.progress.max == 60
+    panel.cancel_button.click()
+    wait_for(lambda: not panel.busy, 60, "the cancel")
+    assert job.state == "killed" and panel.state == "killed" and "last checkpoint kept" in panel.message.value
     assert rest(mlflow_server, "runs/get", run_id=job.run_id)["run"]["info"]["status"] == "KILLED"
     kept = job.checkpoints()
     assert kept and int(kept[-1].name.split("-")[1]) < 60
     logged = metric_steps(mlflow_server, job.run_id, "loss")
-    job.resume()
+    assert panel.cancel_button.disabled and not panel.resume_button.disabled
+    panel.resume_button.click()
+    wait_for(lambda: not panel.busy, 60, "the resume")
+    assert panel.error == "", panel.error
     assert job.wait(600) == "finished", job.log_tail()
+    wait_for(lambda: panel.state == "finished", 30, "the panel to follow the job to its end")
+    assert panel.progress.value == 60
+    panel.close()
     steps = metric_steps(mlflow_server, job.run_id, "loss")
     assert sorted(steps) == list(range(1, 61)) and len(steps) == len(set(steps)), "no step logged twice"
     assert steps[: len(logged)] == logged

@@ -68,6 +68,11 @@ LLAMA3_70B = LLMArch("llama", 8192, 80, 64, 8, 28672, 128265, rope_theta=5e5, ma
 # narrow layers, so CPU tests exercise every real code path in milliseconds.
 TINY_VIT = VisionArch(32, 2, 2, 64, qkv_bias=True, norm="layer_norm", qk_norm=False)
 TINY_LLM = LLMArch("qwen2", 64, 2, 4, 2, 128, 1024, rope_theta=1e4, max_positions=8192, rms_eps=1e-6)
+# The demo model (workbench.demo): the same geometry and tokenizer, a few times wider and deeper so
+# it can learn to ground shapes from scratch; still a few MB and instant on a CPU.
+DEMO_VIT = VisionArch(128, 4, 4, 512, qkv_bias=True, norm="layer_norm", qk_norm=False)
+DEMO_LLM = LLMArch("qwen2", 256, 4, 4, 2, 512, 1024, rope_theta=1e4, max_positions=4096, rms_eps=1e-6)
+SMALL_ARCHS = {"tiny": (TINY_VIT, TINY_LLM), "demo": (DEMO_VIT, DEMO_LLM)}  # built by the project
 
 
 @dataclass(frozen=True)
@@ -129,13 +134,13 @@ def build_config(arch_name: str, *, vocab: int | None = None, image_token_id: in
     """The ``InternVLConfig`` of a known architecture (untied embeddings, as in the checkpoints)."""
     from transformers import InternVLConfig
 
-    if arch_name not in ARCHS and arch_name != "tiny":
+    if arch_name not in ARCHS and arch_name not in SMALL_ARCHS:
         raise ModelNotFoundError(
             f"No built-in architecture for {arch_name!r}. Architectures: {', '.join(ARCHS)}. "
             "A native -hf checkpoint carries its own config: load it from its directory instead."
         )
-    if arch_name == "tiny":
-        vis, llm, img_id = TINY_VIT, TINY_LLM, image_token_id if image_token_id is not None else 5
+    if arch_name in SMALL_ARCHS:
+        (vis, llm), img_id = SMALL_ARCHS[arch_name], image_token_id if image_token_id is not None else 5
     else:
         a = ARCHS[arch_name]
         vis, llm, img_id = a.vision, a.llm, image_token_id if image_token_id is not None else a.image_token_id

@@ -61,6 +61,9 @@ def _log_merged(out: Path, run_id: str, lineage: dict, settings: dict) -> None:
 
     mlflow.set_tracking_uri(tracking_uri())
     name = f"{settings.get('experiment', 'workbench')}-{Path(str(lineage['base_model'])).name}-merged"
+    client = mlflow.MlflowClient()
+    status = client.get_run(run_id).info.status  # the fine-tune's own ending stays as it was
     with mlflow.start_run(run_id=run_id):
-        log_chat_model(out, base=None, name=name, tags={**lineage, "source_run": run_id, "kind": "merged"})
-    mlflow.MlflowClient().set_terminated(run_id, "FINISHED")
+        log_chat_model(out, base=None, name=name, tags={**lineage, "source_run": run_id, "kind": "merged"},
+                       artifact_name=f"merged-{lineage['checkpoint_step']}")
+    client.update_run(run_id, status=status)

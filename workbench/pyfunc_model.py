@@ -44,11 +44,12 @@ def _rows(model_input) -> list[dict]:
     return list(model_input)
 
 
-def log_chat_model(folder: str | Path, *, base: str | None, name: str | None, tags: dict[str, str]):
+def log_chat_model(folder: str | Path, *, base: str | None, name: str | None, tags: dict[str, str],
+                   artifact_name: str = "model"):
     """Log ``folder`` (an adapter when ``base`` is given, else a full model) as the active run's
-    ``model`` and register it under ``name`` with lineage ``tags``; returns the ModelInfo."""
+    ``artifact_name`` and register it under ``name`` with lineage ``tags``; returns the ModelInfo."""
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=ChatModel(), artifacts={"model": str(folder)},
+        name=artifact_name, python_model=ChatModel(), artifacts={"model": str(folder)},
         model_config={"base": base} if base else None, registered_model_name=name,
         pip_requirements=["internvl-workbench"],
     )

@@ -111,11 +111,12 @@ def _setup(cfg: SFTConfig, where, spec, train_samples, val_samples, tracking, gp
         save_total_limit=cfg.save_total_limit, eval_strategy="steps" if val_set else "no",
         eval_steps=cfg.eval_steps or cfg.save_steps, seed=cfg.seed, bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16, gradient_checkpointing=cfg.gradient_checkpointing,
-        deepspeed=_deepspeed(cfg), report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
+        deepspeed=_deepspeed(cfg), report_to=[], remove_unused_columns=False, dataloader_num_workers=cfg.num_workers,
         use_cpu=not gpus, disable_tqdm=True, save_only_model=False,
     )
     Path(out).mkdir(parents=True, exist_ok=True)  # the settings travel with the checkpoints (infer --ckpt, merge)
-    (Path(out) / "workbench_sft.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    settings = {**cfg.to_dict(), "run_id": tracking.run_id}  # the run this fine-tune logs to (merge logs there too)
+    (Path(out) / "workbench_sft.json").write_text(json.dumps(settings, indent=1))
     collator = Collator(processor.tokenizer.pad_token_id)
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set, data_collator=collator,
                       callbacks=tracking.callbacks(processor, val_samples, max_tiles, system, collator))

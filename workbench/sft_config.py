@@ -41,6 +41,7 @@ class SFTConfig:
     batch_size: int = 1
     grad_accum: int = 1
     gradient_checkpointing: bool = False
+    num_workers: int = 0  # data loader processes encoding samples (images → tiles) beside training
     deepspeed: str | None = None  # zero2, zero3 or a JSON config path
     dtype: str = "auto"  # bf16 on a GPU that has it, else fp32
     output_dir: str | None = None  # default: <workbench home>/runs/<job id>
@@ -147,6 +148,8 @@ class SFTConfig:
             p.append(f"learning_rate must be > 0, got {self.learning_rate}.")
         if self.lr_scheduler not in SCHEDULES:
             p.append(f"lr_scheduler {self.lr_scheduler!r}: use one of {', '.join(SCHEDULES)}.")
+        if self.num_workers < 0:
+            p.append(f"num_workers must be ≥ 0 (0 encodes samples in the training process), got {self.num_workers}.")
         for name in ("batch_size", "grad_accum", "save_steps", "logging_steps", "max_length"):
             if getattr(self, name) < 1:
                 p.append(f"{name} must be ≥ 1, got {getattr(self, name)}.")

@@ -2,12 +2,13 @@
 
 - :class:`ChatPanel` — chat with streaming, stop, images by upload/path/URL, box overlays;
 - :class:`ModelPanel` — load/unload models with memory limits, live memory bars;
+- :class:`JobsPanel` — fine-tune jobs: progress and ETA, loss curve, log, cancel / resume / merge;
 - :func:`overlay` / :class:`Overlay` — any image with labelled boxes (prediction and ground truth).
 """
 
 from __future__ import annotations
 
-__all__ = ["App", "ChatPanel", "ModelPanel", "Overlay", "overlay", "show"]
+__all__ = ["App", "ChatPanel", "JobsPanel", "ModelPanel", "Overlay", "overlay", "show"]
 
 
 def __getattr__(name):  # the widget stack is imported on first use, not with the package
@@ -17,6 +18,9 @@ def __getattr__(name):  # the widget stack is imported on first use, not with th
     if name == "ModelPanel":
         from .model import ModelPanel
         return ModelPanel
+    if name == "JobsPanel":
+        from .jobs import JobsPanel
+        return JobsPanel
     if name in ("Overlay", "overlay"):
         from . import overlay_panel as module
         return getattr(module, name)
