@@ -7,8 +7,8 @@ set -u
 export PYTHONPATH=/tmp/site:$PWD WORKBENCH_HOME=/tmp/wbh HF_HUB_OFFLINE=1 MLFLOW_TRACKING_URI=file:///tmp/mlruns MLFLOW_ALLOW_FILE_STORE=true
 if [ "$1" = start ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  nohup python3 -m workbench.demo train --out /tmp/demo --workers 14 --train "${TRAIN:-30000}" \
-    --set max_steps="${STEPS:-6000}" dtype=fp32 > /tmp/demo.log 2>&1 &
+  nohup python3 -m workbench.demo train --out /tmp/demo --workers 14 --train "${TRAIN:-30000}" ${INIT:+--init "$INIT"} \
+    --set max_steps="${STEPS:-6000}" dtype=fp32 ${LR:+learning_rate=$LR} > /tmp/demo.log 2>&1 &
 fi
 end=$((SECONDS + ${FOLLOW_S:-540}))
 while [ $SECONDS -lt $end ]; do
