@@ -108,6 +108,10 @@ def resolve(model: str | os.PathLike | None) -> tuple[Path | str, ModelSpec | No
         if not (path / "config.json").exists():
             raise ModelNotFoundError(f"{text} is not a model directory: it has no config.json. "
                                      "Pass the folder that holds config.json and the weights.")
+        from . import convert
+
+        if convert.is_original(path):  # remote-code layout: converted once, cached, then loaded natively
+            return convert.ensure_converted(path), _spec_from_config(path)
         return path, _spec_from_config(path)
     spec = catalog.lookup(text)
     if spec and spec.hub_id is None:  # built by the project

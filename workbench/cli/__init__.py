@@ -11,7 +11,7 @@ import sys
 
 from ..errors import EnvironmentProblem, UserInputError
 
-COMMANDS = ["infer", "data", "sft", "export"]
+COMMANDS = ["infer", "data", "sft", "export", "convert"]
 
 
 def build_parser() -> argparse.ArgumentParser:

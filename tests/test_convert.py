@@ -1,0 +1,306 @@
+"""Original-format checkpoints convert to the native model: tiny random checkpoints in the original
+layout (original key names and config schema), converted, and compared with a reference forward pass
+written here for the original layout (fused qkv / wqkv used directly, pixel shuffle v2)."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from workbench import convert
+from workbench.convert import ConversionError
+
+IMG_CONTEXT = 90
+
+
+# -- tiny original-format checkpoints ---------------------------------------------------------------
+
+def vision_weights(g, v):
+    c, m = v["hidden_size"], v["intermediate_size"]
+    w = {"vision_model.embeddings.class_embedding": torch.randn(1, 1, c, generator=g),
+         "vision_model.embeddings.position_embedding": torch.randn(1, 1025, c, generator=g) * 0.1,
+         "vision_model.embeddings.patch_embedding.weight": torch.randn(c, 3, 14, 14, generator=g) * 0.05,
+         "vision_model.embeddings.patch_embedding.bias": torch.randn(c, generator=g) * 0.1}
+    for i in range(v["num_hidden_layers"]):
+        p = f"vision_model.encoder.layers.{i}."
+        w |= {p + "ls1": torch.rand(c, generator=g), p + "ls2": torch.rand(c, generator=g),
+              p + "attn.qkv.weight": torch.randn(3 * c, c, generator=g) / math.sqrt(c),
+              p + "attn.proj.weight": torch.randn(c, c, generator=g) / math.sqrt(c),
+              p + "attn.proj.bias": torch.randn(c, generator=g) * 0.1,
+              p + "mlp.fc1.weight": torch.randn(m, c, generator=g) / math.sqrt(c),
+              p + "mlp.fc1.bias": torch.randn(m, generator=g) * 0.1,
+              p + "mlp.fc2.weight": torch.randn(c, m, generator=g) / math.sqrt(m),
+              p + "mlp.fc2.bias": torch.randn(c, generator=g) * 0.1}
+        for norm in ("norm1", "norm2"):
+            w[p + f"{norm}.weight"] = 1 + 0.1 * torch.randn(c, generator=g)
+            if v["norm_type"] == "layer_norm":
+                w[p + f"{norm}.bias"] = 0.1 * torch.randn(c, generator=g)
+        if v["qkv_bias"]:
+            w[p + "attn.qkv.bias"] = torch.randn(3 * c, generator=g) * 0.1
+        if v["qk_normalization"]:
+            w[p + "attn.q_norm.weight"] = 1 + 0.1 * torch.randn(c, generator=g)
+            w[p + "attn.k_norm.weight"] = 1 + 0.1 * torch.randn(c, generator=g)
+    return w
+
+
+def projector_weights(g, cv, h):
+    return {"mlp1.0.weight": 1 + 0.1 * torch.randn(4 * cv, generator=g), "mlp1.0.bias": 0.1 * torch.randn(4 * cv, generator=g),
+            "mlp1.1.weight": torch.randn(h, 4 * cv, generator=g) / math.sqrt(4 * cv), "mlp1.1.bias": 0.1 * torch.randn(h, generator=g),
+            "mlp1.3.weight": torch.randn(h, h, generator=g) / math.sqrt(h), "mlp1.3.bias": 0.1 * torch.randn(h, generator=g)}
+
+
+def llm_weights(g, t, arch):
+    h, m, vocab = t["hidden_size"], t["intermediate_size"], t["vocab_size"]
+    heads, kv = t["num_attention_heads"], t["num_key_value_heads"]
+    d = h // heads
+    r = lambda *s: torch.randn(*s, generator=g) / math.sqrt(s[-1])  # noqa: E731
+    if arch == "InternLM2ForCausalLM":
+        w = {"language_model.model.tok_embeddings.weight": torch.randn(vocab, h, generator=g),
+             "language_model.model.norm.weight": 1 + 0.1 * torch.randn(h, generator=g),
+             "language_model.output.weight": r(vocab, h)}
+        for i in range(t["num_hidden_layers"]):
+            p = f"language_model.model.layers.{i}."
+            w |= {p + "attention.wqkv.weight": r((heads + 2 * kv) * d, h), p + "attention.wo.weight": r(h, h),
+                  p + "feed_forward.w1.weight": r(m, h), p + "feed_forward.w3.weight": r(m, h),
+                  p + "feed_forward.w2.weight": r(h, m),
+                  p + "attention_norm.weight": 1 + 0.1 * torch.randn(h, generator=g),
+                  p + "ffn_norm.weight": 1 + 0.1 * torch.randn(h, generator=g)}
+        return w
+    w = {"language_model.model.embed_tokens.weight": torch.randn(vocab, h, generator=g),
+         "language_model.model.norm.weight": 1 + 0.1 * torch.randn(h, generator=g),
+         "language_model.lm_head.weight": r(vocab, h)}
+    for i in range(t["num_hidden_layers"]):
+        p = f"language_model.model.layers.{i}."
+        w |= {p + "self_attn.q_proj.weight": r(h, h), p + "self_attn.k_proj.weight": r(kv * d, h),
+              p + "self_attn.v_proj.weight": r(kv * d, h), p + "self_attn.o_proj.weight": r(h, h),
+              p + "mlp.gate_proj.weight": r(m, h), p + "mlp.up_proj.weight": r(m, h), p + "mlp.down_proj.weight": r(h, m),
+              p + "input_layernorm.weight": 1 + 0.1 * torch.randn(h, generator=g),
+              p + "post_attention_layernorm.weight": 1 + 0.1 * torch.randn(h, generator=g)}
+        if arch == "Qwen2ForCausalLM":
+            for name, n in (("q", h), ("k", kv * d), ("v", kv * d)):
+                w[p + f"self_attn.{name}_proj.bias"] = 0.1 * torch.randn(n, generator=g)
+    return w
+
+
+FAMILIES = {
+    # V1.5 / 26B style: InternViT-6B-like tower (RMSNorm, QK-norm, no qkv bias) + InternLM2.
+    "6b-internlm2": (dict(norm_type="rms_norm", qkv_bias=False, qk_normalization=True), "InternLM2ForCausalLM"),
+    # InternVL2-1B style: InternViT-300M-like tower (LayerNorm, qkv bias) + Qwen2.
+    "300m-qwen2": (dict(norm_type="layer_norm", qkv_bias=True, qk_normalization=False), "Qwen2ForCausalLM"),
+    # InternVL2-Llama3-76B / 40B style: 6B-like tower + Llama.
+    "6b-llama": (dict(norm_type="rms_norm", qkv_bias=False, qk_normalization=True), "LlamaForCausalLM"),
+}
+
+
+def write_original(folder, family, seed=0):
+    vision_kind, arch = FAMILIES[family]
+    v = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=448,
+             patch_size=14, layer_norm_eps=1e-6, **vision_kind)
+    t = dict(architectures=[arch], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=96, vocab_size=100, rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=2048,
+             bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = dict(architectures=["InternVLChatModel"], model_type="internvl_chat", vision_config=v, llm_config=t,
+                  downsample_ratio=0.5, select_layer=-1, ps_version="v2", template="internlm2-chat", torch_dtype="float32",
+                  max_dynamic_patch=6, use_thumbnail=True)
+    g = torch.Generator().manual_seed(seed)
+    weights = vision_weights(g, v) | projector_weights(g, 32, 64) | llm_weights(g, t, arch)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"added_tokens_decoder": {str(IMG_CONTEXT): {"content": "<IMG_CONTEXT>", "special": True}}}))
+    (folder / "modeling_internvl_chat.py").write_text("# remote code: not used, not copied\n")
+    save_file(weights, str(folder / "model.safetensors"))
+    return config, weights
+
+
+# -- the reference forward pass, straight from the original layout ---------------------------------
+
+def norm(x, w, b, kind, eps=1e-6):
+    if kind == "layer_norm":
+        return F.layer_norm(x, x.shape[-1:], w, b, eps)
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def reference_vision(w, v, pixels):
+    c, heads = v["hidden_size"], v["num_attention_heads"]
+    x = F.conv2d(pixels, w["vision_model.embeddings.patch_embedding.weight"], w["vision_model.embeddings.patch_embedding.bias"],
+                 stride=14)
+    x = x.flatten(2).transpose(1, 2)
+    x = torch.cat([w["vision_model.embeddings.class_embedding"].expand(x.shape[0], 1, c), x], 1)
+    x = x + w["vision_model.embeddings.position_embedding"]
+    kind = v["norm_type"]
+    for i in range(v["num_hidden_layers"]):
+        p = f"vision_model.encoder.layers.{i}."
+        h = norm(x, w[p + "norm1.weight"], w.get(p + "norm1.bias"), kind)
+        qkv = h @ w[p + "attn.qkv.weight"].T + (w[p + "attn.qkv.bias"] if v["qkv_bias"] else 0)
+        q, k, val = qkv[..., :c], qkv[..., c:2 * c], qkv[..., 2 * c:]
+        if v["qk_normalization"]:  # over the whole width, before splitting into heads
+            q, k = norm(q, w[p + "attn.q_norm.weight"], None, "rms_norm"), norm(k, w[p + "attn.k_norm.weight"], None, "rms_norm")
+        split = lambda t: t.view(t.shape[0], t.shape[1], heads, c // heads).transpose(1, 2)  # noqa: E731
+        a = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(c // heads), -1) @ split(val)
+        a = a.transpose(1, 2).reshape(x.shape) @ w[p + "attn.proj.weight"].T + w[p + "attn.proj.bias"]
+        x = x + w[p + "ls1"] * a
+        h = norm(x, w[p + "norm2.weight"], w.get(p + "norm2.bias"), kind)
+        h = F.gelu(h @ w[p + "mlp.fc1.weight"].T + w[p + "mlp.fc1.bias"]) @ w[p + "mlp.fc2.weight"].T + w[p + "mlp.fc2.bias"]
+        x = x + w[p + "ls2"] * h
+    x = x[:, 1:]
+    n, side = x.shape[0], int(math.sqrt(x.shape[1]))
+    x = x.reshape(n, side, side, c)
+    # pixel shuffle, "v2" order, as the original code does it
+    x = x.view(n, side, side // 2, c * 2).permute(0, 2, 1, 3).contiguous()
+    x = x.view(n, side // 2, side // 2, c * 4).permute(0, 2, 1, 3).contiguous()
+    x = x.reshape(n, -1, c * 4)
+    x = F.layer_norm(x, x.shape[-1:], w["mlp1.0.weight"], w["mlp1.0.bias"], 1e-5)
+    x = F.gelu(x @ w["mlp1.1.weight"].T + w["mlp1.1.bias"]) @ w["mlp1.3.weight"].T + w["mlp1.3.bias"]
+    return x
+
+
+def rope(x, theta):
+    d = x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, d, 2).float() / d)
+    ang = torch.outer(torch.arange(x.shape[-2]).float(), inv)
+    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+    rotated = torch.cat([-x[..., d // 2:], x[..., : d // 2]], -1)
+    return x * cos + rotated * sin
+
+
+def reference_llm(w, t, arch, embeds):
+    h, heads, kv = t["hidden_size"], t["num_attention_heads"], t["num_key_value_heads"]
+    d, g = h // heads, heads // kv
+    x, n = embeds, embeds.shape[0]
+    mask = torch.full((n, n), float("-inf")).triu(1)
+    for i in range(t["num_hidden_layers"]):
+        p = f"language_model.model.layers.{i}."
+        if arch == "InternLM2ForCausalLM":
+            a_in = norm(x, w[p + "attention_norm.weight"], None, "rms_norm")
+            fused = a_in @ w[p + "attention.wqkv.weight"].T  # rows: per KV head, g query heads then k then v
+            qs, ks, vs = [], [], []
+            for group in range(kv):
+                block = fused[..., group * (g + 2) * d:(group + 1) * (g + 2) * d]
+                qs += [block[..., j * d:(j + 1) * d] for j in range(g)]
+                ks.append(block[..., g * d:(g + 1) * d])
+                vs.append(block[..., (g + 1) * d:(g + 2) * d])
+            o_w = w[p + "attention.wo.weight"]
+        else:
+            a_in = norm(x, w[p + "input_layernorm.weight"], None, "rms_norm")
+            q = a_in @ w[p + "self_attn.q_proj.weight"].T + w.get(p + "self_attn.q_proj.bias", 0)
+            k = a_in @ w[p + "self_attn.k_proj.weight"].T + w.get(p + "self_attn.k_proj.bias", 0)
+            val = a_in @ w[p + "self_attn.v_proj.weight"].T + w.get(p + "self_attn.v_proj.bias", 0)
+            qs = [q[..., j * d:(j + 1) * d] for j in range(heads)]
+            ks = [k[..., j * d:(j + 1) * d] for j in range(kv)]
+            vs = [val[..., j * d:(j + 1) * d] for j in range(kv)]
+            o_w = w[p + "self_attn.o_proj.weight"]
+        outs = []
+        for j in range(heads):
+            q, k = rope(qs[j], t["rope_theta"]), rope(ks[j // g], t["rope_theta"])
+            outs.append(torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + mask, -1) @ vs[j // g])
+        x = x + torch.cat(outs, -1) @ o_w.T
+        if arch == "InternLM2ForCausalLM":
+            m_in = norm(x, w[p + "ffn_norm.weight"], None, "rms_norm")
+            x = x + (F.silu(m_in @ w[p + "feed_forward.w1.weight"].T) * (m_in @ w[p + "feed_forward.w3.weight"].T)) @ \
+                w[p + "feed_forward.w2.weight"].T
+        else:
+            m_in = norm(x, w[p + "post_attention_layernorm.weight"], None, "rms_norm")
+            x = x + (F.silu(m_in @ w[p + "mlp.gate_proj.weight"].T) * (m_in @ w[p + "mlp.up_proj.weight"].T)) @ \
+                w[p + "mlp.down_proj.weight"].T
+    x = norm(x, w["language_model.model.norm.weight"], None, "rms_norm")
+    head = w["language_model.output.weight"] if arch == "InternLM2ForCausalLM" else w["language_model.lm_head.weight"]
+    return x @ head.T
+
+
+def reference_logits(config, w, ids, pixels):
+    arch = config["llm_config"]["architectures"][0]
+    emb_key = "language_model.model.tok_embeddings.weight" if arch == "InternLM2ForCausalLM" else \
+        "language_model.model.embed_tokens.weight"
+    embeds = w[emb_key][ids].clone()
+    image = reference_vision(w, config["vision_config"], pixels).reshape(-1, config["llm_config"]["hidden_size"])
+    embeds[ids == IMG_CONTEXT] = image
+    return reference_llm(w, config["llm_config"], arch, embeds)
+
+
+# -- tests ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_converted_logits_match_the_original_layout(family, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    config, weights = write_original(tmp_path / "orig", family)
+    summary = convert.convert(tmp_path / "orig", tmp_path / "native", progress=False)
+    assert summary.tensors_in == len(weights) and summary.llm == config["llm_config"]["architectures"][0]
+    assert not (tmp_path / "native" / "modeling_internvl_chat.py").exists()
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "native", dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    ids = torch.tensor([[1, 5, 7] + [IMG_CONTEXT] * 256 + [9, 11, 13, 4]])
+    pixels = torch.randn(1, 3, 448, 448)
+    with torch.no_grad():
+        native = model(input_ids=ids, pixel_values=pixels).logits[0]
+        expected = reference_logits(config, weights, ids[0], pixels)
+    assert native.shape == expected.shape
+    assert torch.allclose(native, expected, atol=1e-4, rtol=1e-4), (native - expected).abs().max()
+
+
+def test_bad_checkpoints_are_refused_clearly_and_leave_nothing(tmp_path):
+    config, _ = write_original(tmp_path / "orig", "300m-qwen2")
+    with pytest.raises(ConversionError, match="not an original-format"):
+        convert.convert(tmp_path, tmp_path / "x")
+
+    bad = json.loads((tmp_path / "orig" / "config.json").read_text())
+    bad["llm_config"]["architectures"] = ["MysteryForCausalLM"]
+    (tmp_path / "orig" / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ConversionError, match="Unknown language model 'MysteryForCausalLM'"):
+        convert.convert(tmp_path / "orig", tmp_path / "x")
+
+    bad["llm_config"]["architectures"] = ["Qwen2ForCausalLM"]
+    bad["llm_config"]["hidden_size"] = 128  # disagrees with the weights
+    (tmp_path / "orig" / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ConversionError, match=r"model.safetensors: .* has shape"):
+        convert.convert(tmp_path / "orig", tmp_path / "x")
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x*")), "no half-written conversion left"
+
+    bad["llm_config"]["hidden_size"] = 64
+    bad["ps_version"] = "v1"
+    (tmp_path / "orig" / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ConversionError, match="ps_version 'v1'"):
+        convert.convert(tmp_path / "orig", tmp_path / "x")
+
+    bad["ps_version"] = "v2"
+    (tmp_path / "orig" / "config.json").write_text(json.dumps(bad))
+    (tmp_path / "orig" / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(ConversionError, match="names shards that are not there: model-00001-of-00002"):
+        convert.convert(tmp_path / "orig", tmp_path / "x")
+
+
+def test_cli_and_load_convert_once(tmp_path, tiny_dir):
+    """`workbench convert` prints its summary; load() on an original folder converts once, caches the
+    result under the workbench home and reuses it."""
+    import shutil
+    import subprocess
+    import sys
+
+    import workbench
+    from workbench import session as S
+
+    write_original(tmp_path / "orig", "300m-qwen2")
+    out = subprocess.run([sys.executable, "-m", "workbench", "convert", str(tmp_path / "orig"), str(tmp_path / "cli")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "Qwen2ForCausalLM language model" in out.stdout, out.stderr
+    out = subprocess.run([sys.executable, "-m", "workbench", "convert", str(tmp_path / "orig"), str(tmp_path / "cli")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "exists already" in out.stderr
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # a tokenizer that loads natively
+        shutil.copy(tiny_dir / name, tmp_path / "orig" / name)
+    first, _ = S.resolve(tmp_path / "orig")
+    again, _ = S.resolve(tmp_path / "orig")
+    assert first == again and (first / "workbench_converted.json").exists()
+    mtime = (first / "config.json").stat().st_mtime
+    session = workbench.load(tmp_path / "orig", name="converted")
+    try:
+        assert session.model.config.text_config.model_type == "qwen2"
+    finally:
+        workbench.unload("converted")
+    assert (first / "config.json").stat().st_mtime == mtime, "converted once, then reused"
