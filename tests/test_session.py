@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import workbench
+from workbench.convert import ConversionError
 import workbench.session as S
 from workbench.errors import EnvironmentProblem, ModelNotFoundError, PlacementError, UserInputError
 
@@ -65,7 +66,8 @@ def test_unknown_names_and_non_model_directories(tmp_path):
     with pytest.raises(ModelNotFoundError, match="no weights"):
         workbench.load(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["InternVLChatModel"], "model_type": "internvl_chat"}))
-    with pytest.raises(ModelNotFoundError, match="original-format .*workbench convert"):
+    # An original-format folder is converted on load; one without weights says so.
+    with pytest.raises(ConversionError, match="has no model.safetensors .*not a complete checkpoint"):
         workbench.load(tmp_path)
     (tmp_path / "config.json").write_text("{broken")
     with pytest.raises(ModelNotFoundError, match="not valid JSON"):

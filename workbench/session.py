@@ -158,10 +158,8 @@ def _check_format(path: Path, source: str) -> dict:
     archs = config.get("architectures") or []
     if "InternVLChatModel" in archs or config.get("model_type") == "internvl_chat":
         raise ModelNotFoundError(
-            f"{source} is an original-format (remote-code) InternVL checkpoint (InternVLChatModel). "
-            "The workbench runs the native transformers format; converting original checkpoints "
-            "('workbench convert SRC DST') is not available in this version yet. Use a native '-hf' "
-            "checkpoint (e.g. OpenGVLab/InternVL3-1B-hf) meanwhile."
+            f"{source} is an original-format (remote-code) InternVL checkpoint (InternVLChatModel) that was "
+            "not converted: run 'workbench convert SRC DST' and load DST."
         )
     if config.get("model_type") != "internvl":
         raise ModelNotFoundError(
@@ -228,6 +226,10 @@ def load(model: str | os.PathLike | None = None, *, dtype: str | torch.dtype | N
     where, spec = resolve(model)
     source = str(model or catalog.DEFAULT_MODEL)
     path = where if isinstance(where, Path) else _download(where)
+    from . import convert
+
+    if convert.is_original(path):  # a hub download in the remote-code layout: converted once, cached
+        path = convert.ensure_converted(path)
     config = _check_format(path, source)
     if spec and spec.quantized == "int8" and not quantization:
         quantization = "int8"
