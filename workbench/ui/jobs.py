@@ -18,7 +18,7 @@ import traitlets
 
 from .. import jobs as jobs_module
 from ..errors import WorkbenchError
-from .model import _Ticker
+from .common import Ticker, error_html
 
 STATE_STYLE = {"starting": "info", "running": "info", "finished": "success", "failed": "danger", "killed": "warning"}
 
@@ -68,7 +68,7 @@ class JobsPanel(W.VBox):
         self._plotted: tuple | None = None
         self._lock = threading.Lock()  # the ticker and a button may refresh at once
         self.refresh()
-        self._ticker = _Ticker(refresh_s, self._tick)
+        self._ticker = Ticker(refresh_s, self._tick)
 
     # -- verbs ----------------------------------------------------------------------------------
 
@@ -210,7 +210,7 @@ class JobsPanel(W.VBox):
 
     def _fail(self, message: str) -> None:
         self.error = message
-        self.message.value = f'<span class="wb-error" style="color: #c0392b">⚠ {html.escape(message)}</span>'
+        self.message.value = error_html(message)
 
     def _say(self, message_html: str) -> None:
         self.error = ""

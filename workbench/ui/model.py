@@ -15,6 +15,7 @@ import traitlets
 from .. import catalog, placement
 from .. import session as sessions
 from ..errors import WorkbenchError
+from .common import Ticker, error_html
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 ATTENTION = ("default", "sdpa", "eager", "flash_attention_2")
@@ -66,7 +67,7 @@ class ModelPanel(W.VBox):
         ])
         self.add_class("wb-model")
         self.refresh()
-        self._ticker = _Ticker(refresh_s, lambda: self.auto_refresh.value and self.refresh())
+        self._ticker = Ticker(refresh_s, lambda: self.auto_refresh.value and self.refresh())
 
     # -- verbs ----------------------------------------------------------------------------------
 
@@ -165,29 +166,8 @@ class ModelPanel(W.VBox):
 
     def _fail(self, message: str) -> None:
         self.error = message
-        self.status.value = f'<span class="wb-error" style="color: #c0392b">⚠ {html.escape(message)}</span>'
+        self.status.value = error_html(message)
 
     def _say(self, message_html: str) -> None:
         self.error = ""
         self.status.value = message_html
-
-
-class _Ticker:
-    """Calls ``fn`` every ``seconds`` on a daemon thread until stopped."""
-
-    def __init__(self, seconds: float, fn: Callable):
-        self._stop = threading.Event()
-        self._fn = fn
-        self._seconds = seconds
-        if seconds > 0:
-            threading.Thread(target=self._run, daemon=True, name="workbench-memory").start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._seconds):
-            try:
-                self._fn()
-            except Exception:  # a failed refresh must not kill the ticker; the next one retries
-                pass
-
-    def stop(self) -> None:
-        self._stop.set()
