@@ -6,9 +6,10 @@
 set -u
 export PYTHONPATH=/tmp/site:$PWD WORKBENCH_HOME=/tmp/wbh HF_HUB_OFFLINE=1 MLFLOW_TRACKING_URI=file:///tmp/mlruns MLFLOW_ALLOW_FILE_STORE=true
 if [ "$1" = start ]; then
+  rm -rf /tmp/wbh/jobs /tmp/demo /tmp/mlruns  # a fresh run: an earlier one's status must not end the follow loop
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   nohup python3 -m workbench.demo train --out /tmp/demo --workers 14 --train "${TRAIN:-30000}" ${INIT:+--init "$INIT"} \
-    --set max_steps="${STEPS:-6000}" dtype=fp32 ${LR:+learning_rate=$LR} > /tmp/demo.log 2>&1 &
+    --set max_steps="${STEPS:-6000}" dtype=${DTYPE:-bf16-mixed} ${LR:+learning_rate=$LR} > /tmp/demo.log 2>&1 &
 fi
 end=$((SECONDS + ${FOLLOW_S:-540}))
 while [ $SECONDS -lt $end ]; do
@@ -37,4 +38,5 @@ PY
   cp /tmp/demo/scores.json $OUT/
   tar -C /tmp --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' --exclude='*.pth' -czf $OUT/mlruns.tgz mlruns
   cp /tmp/wbh/jobs/*/train.log $OUT/train.log
+  cp /tmp/demo/run/final/model.safetensors $OUT/final-fp32.safetensors  # to continue training from
 fi

@@ -72,6 +72,14 @@ def llm_weights(g, t, arch):
     w = {"language_model.model.embed_tokens.weight": torch.randn(vocab, h, generator=g),
          "language_model.model.norm.weight": 1 + 0.1 * torch.randn(h, generator=g),
          "language_model.lm_head.weight": r(vocab, h)}
+    if arch == "Phi3ForCausalLM":  # fused projections, kept fused by the native phi3
+        for i in range(t["num_hidden_layers"]):
+            p = f"language_model.model.layers.{i}."
+            w |= {p + "self_attn.qkv_proj.weight": r((heads + 2 * kv) * d, h), p + "self_attn.o_proj.weight": r(h, h),
+                  p + "mlp.gate_up_proj.weight": r(2 * m, h), p + "mlp.down_proj.weight": r(h, m),
+                  p + "input_layernorm.weight": 1 + 0.1 * torch.randn(h, generator=g),
+                  p + "post_attention_layernorm.weight": 1 + 0.1 * torch.randn(h, generator=g)}
+        return w
     for i in range(t["num_hidden_layers"]):
         p = f"language_model.model.layers.{i}."
         w |= {p + "self_attn.q_proj.weight": r(h, h), p + "self_attn.k_proj.weight": r(kv * d, h),
@@ -85,25 +93,36 @@ def llm_weights(g, t, arch):
     return w
 
 
+TOWER_6B = dict(norm_type="rms_norm", qkv_bias=False, qk_normalization=True)  # InternViT-6B-like
+TOWER_300M = dict(norm_type="layer_norm", qkv_bias=True, qk_normalization=False)  # InternViT-300M-like
+# Each released family as a tiny checkpoint: (tower, LLM architecture, LLM settings, template).
 FAMILIES = {
-    # V1.5 / 26B style: InternViT-6B-like tower (RMSNorm, QK-norm, no qkv bias) + InternLM2.
-    "6b-internlm2": (dict(norm_type="rms_norm", qkv_bias=False, qk_normalization=True), "InternLM2ForCausalLM"),
-    # InternVL2-1B style: InternViT-300M-like tower (LayerNorm, qkv bias) + Qwen2.
-    "300m-qwen2": (dict(norm_type="layer_norm", qkv_bias=True, qk_normalization=False), "Qwen2ForCausalLM"),
-    # InternVL2-Llama3-76B / 40B style: 6B-like tower + Llama.
-    "6b-llama": (dict(norm_type="rms_norm", qkv_bias=False, qk_normalization=True), "LlamaForCausalLM"),
+    # InternVL-Chat-V1.5 (and its int8), InternVL2-26B: 6B tower + InternLM2-20B.
+    "v1_5": (TOWER_6B, "InternLM2ForCausalLM", {}, "internlm2-chat"),
+    # Mini-InternVL-Chat-2B-V1.5, InternVL2-2B, InternVL2-8B (θ 1e6, dynamic rope ×2): 300M tower + InternLM2.
+    "internvl2-8b": (TOWER_300M, "InternLM2ForCausalLM",
+                     dict(rope_theta=1e6, rope_scaling={"type": "dynamic", "factor": 2.0}), "internlm2-chat"),
+    # Mini-InternVL-Chat-4B-V1.5, InternVL2-4B: 300M tower + Phi-3-mini (fused qkv_proj, gate_up_proj).
+    "internvl2-4b": (TOWER_300M, "Phi3ForCausalLM", dict(num_key_value_heads=4), "phi3-chat"),
+    # InternVL2-1B: 300M tower + Qwen2-0.5B (qkv biases, θ 1e6).
+    "internvl2-1b": (TOWER_300M, "Qwen2ForCausalLM", dict(rope_theta=1e6), "Hermes-2"),
+    # InternVL2-40B: 6B tower + Nous-Hermes-2-Yi-34B (a llama, θ 5e6).
+    "internvl2-40b": (TOWER_6B, "LlamaForCausalLM", dict(rope_theta=5e6), "Hermes-2"),
+    # InternVL2-Llama3-76B: 6B tower + Llama-3-70B (θ 5e5).
+    "internvl2-llama3-76b": (TOWER_6B, "LlamaForCausalLM", dict(rope_theta=5e5), "internvl2_5"),
 }
 
 
-def write_original(folder, family, seed=0):
-    vision_kind, arch = FAMILIES[family]
+def write_original(folder, family, seed=0, **llm_overrides):
+    vision_kind, arch, llm_extra, template = FAMILIES[family]
+    llm_extra = llm_extra | llm_overrides
     v = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=448,
              patch_size=14, layer_norm_eps=1e-6, **vision_kind)
     t = dict(architectures=[arch], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=96, vocab_size=100, rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=2048,
-             bos_token_id=1, eos_token_id=2, pad_token_id=0)
+             bos_token_id=1, eos_token_id=2, pad_token_id=0) | llm_extra
     config = dict(architectures=["InternVLChatModel"], model_type="internvl_chat", vision_config=v, llm_config=t,
-                  downsample_ratio=0.5, select_layer=-1, ps_version="v2", template="internlm2-chat", torch_dtype="float32",
+                  downsample_ratio=0.5, select_layer=-1, ps_version="v2", template=template, torch_dtype="float32",
                   max_dynamic_patch=6, use_thumbnail=True)
     g = torch.Generator().manual_seed(seed)
     weights = vision_weights(g, v) | projector_weights(g, 32, 64) | llm_weights(g, t, arch)
@@ -184,6 +203,13 @@ def reference_llm(w, t, arch, embeds):
                 ks.append(block[..., g * d:(g + 1) * d])
                 vs.append(block[..., (g + 1) * d:(g + 2) * d])
             o_w = w[p + "attention.wo.weight"]
+        elif arch == "Phi3ForCausalLM":  # fused qkv_proj rows: all q heads, then k, then v
+            a_in = norm(x, w[p + "input_layernorm.weight"], None, "rms_norm")
+            fused = a_in @ w[p + "self_attn.qkv_proj.weight"].T
+            qs = [fused[..., j * d:(j + 1) * d] for j in range(heads)]
+            ks = [fused[..., (heads + j) * d:(heads + j + 1) * d] for j in range(kv)]
+            vs = [fused[..., (heads + kv + j) * d:(heads + kv + j + 1) * d] for j in range(kv)]
+            o_w = w[p + "self_attn.o_proj.weight"]
         else:
             a_in = norm(x, w[p + "input_layernorm.weight"], None, "rms_norm")
             q = a_in @ w[p + "self_attn.q_proj.weight"].T + w.get(p + "self_attn.q_proj.bias", 0)
@@ -202,6 +228,10 @@ def reference_llm(w, t, arch, embeds):
             m_in = norm(x, w[p + "ffn_norm.weight"], None, "rms_norm")
             x = x + (F.silu(m_in @ w[p + "feed_forward.w1.weight"].T) * (m_in @ w[p + "feed_forward.w3.weight"].T)) @ \
                 w[p + "feed_forward.w2.weight"].T
+        elif arch == "Phi3ForCausalLM":  # gate_up_proj rows: the gate half, then the up half
+            m_in = norm(x, w[p + "post_attention_layernorm.weight"], None, "rms_norm")
+            gate, up = (m_in @ w[p + "mlp.gate_up_proj.weight"].T).chunk(2, -1)
+            x = x + (F.silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
         else:
             m_in = norm(x, w[p + "post_attention_layernorm.weight"], None, "rms_norm")
             x = x + (F.silu(m_in @ w[p + "mlp.gate_proj.weight"].T) * (m_in @ w[p + "mlp.up_proj.weight"].T)) @ \
@@ -243,7 +273,7 @@ def test_converted_logits_match_the_original_layout(family, tmp_path):
 
 
 def test_bad_checkpoints_are_refused_clearly_and_leave_nothing(tmp_path):
-    config, _ = write_original(tmp_path / "orig", "300m-qwen2")
+    config, _ = write_original(tmp_path / "orig", "internvl2-1b")
     with pytest.raises(ConversionError, match="not an original-format"):
         convert.convert(tmp_path, tmp_path / "x")
 
@@ -284,7 +314,7 @@ def test_cli_and_load_convert_once(tmp_path, tiny_dir):
     import workbench
     from workbench import session as S
 
-    write_original(tmp_path / "orig", "300m-qwen2")
+    write_original(tmp_path / "orig", "internvl2-1b")
     out = subprocess.run([sys.executable, "-m", "workbench", "convert", str(tmp_path / "orig"), str(tmp_path / "cli")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "Qwen2ForCausalLM language model" in out.stdout, out.stderr
@@ -304,3 +334,105 @@ def test_cli_and_load_convert_once(tmp_path, tiny_dir):
     finally:
         workbench.unload("converted")
     assert (first / "config.json").stat().st_mtime == mtime, "converted once, then reused"
+
+
+# -- the int8 V1.5: int8 rows with their absmax scales, as an 8-bit bitsandbytes load saves them ----
+
+def quantize_int8(weights, keys):
+    """bitsandbytes' row-wise absmax int8: ``weight`` int8, ``SCB`` the row's absmax, ``weight_format``."""
+    out = dict(weights)
+    for key in keys:
+        w = out[key]
+        scb = w.abs().amax(1)
+        module = key.removesuffix(".weight")
+        out[key] = torch.round(w * 127 / scb[:, None]).to(torch.int8)
+        out[module + ".SCB"] = scb
+        out[module + ".weight_format"] = torch.tensor(0, dtype=torch.uint8)
+    return out
+
+
+def write_int8(folder, **llm_overrides):
+    """A tiny InternVL-Chat-V1.5-Int8: the LLM's and the tower's linear weights stored in int8."""
+    config, weights = write_original(folder, "v1_5", **llm_overrides)
+    linear = [k for k in weights if k.endswith(".weight") and weights[k].dim() == 2 and
+              any(m in k for m in ("wqkv", "wo.", "w1.", "w2.", "w3.", "attn.qkv", "attn.proj", "fc1", "fc2"))]
+    stored = quantize_int8(weights, linear)
+    save_file(stored, str(folder / "model.safetensors"))
+    config["quantization_config"] = {"load_in_8bit": True, "quant_method": "bitsandbytes"}
+    (folder / "config.json").write_text(json.dumps(config))
+    dequantized = {k: (v.float() * stored[k[:-len(".weight")] + ".SCB"][:, None] / 127 if v.dtype == torch.int8 else v)
+                   for k, v in stored.items() if not k.endswith((".SCB", ".weight_format"))}
+    return config, stored, dequantized, linear
+
+
+def test_int8_checkpoint_dequantizes_losslessly_and_asks_for_a_gpu(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    import workbench
+    from workbench.errors import EnvironmentProblem
+
+    config, stored, dequantized, linear = write_int8(tmp_path / "orig")
+    summary = convert.convert(tmp_path / "orig", tmp_path / "native", progress=False)
+    assert summary.dequantized == len(linear) and "int8 weights dequantized" in str(summary)
+    assert convert.quantization(tmp_path / "native") == "int8"
+    assert "quantization_config" not in json.loads((tmp_path / "native" / "config.json").read_text())
+
+    # Logits equal the original layout's forward pass on the dequantized weights.
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "native", dtype=torch.float32).eval()
+    ids = torch.tensor([[1, 5, 7] + [IMG_CONTEXT] * 256 + [9, 11, 13, 4]])
+    pixels = torch.randn(1, 3, 448, 448, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        native = model(input_ids=ids, pixel_values=pixels).logits[0]
+    # (float16 weights: the reference runs on the same rounded values)
+    rounded = {k: v.to(torch.float16).float() for k, v in dequantized.items()}
+    assert torch.allclose(native, reference_logits(config, rounded, ids[0], pixels), atol=1e-4, rtol=1e-4)
+
+    # bitsandbytes' row-wise absmax quantization of the written float16 weights gives back the stored
+    # int8 rows exactly.
+    native_weights = {}
+    for shard in (tmp_path / "native").glob("*.safetensors"):
+        native_weights |= load_file(shard)
+    pairs = {"language_model.model.layers.0.attention.wo.weight": "model.language_model.layers.0.self_attn.o_proj.weight",
+             "language_model.model.layers.1.feed_forward.w1.weight": "model.language_model.layers.1.mlp.gate_proj.weight",
+             "vision_model.encoder.layers.0.mlp.fc2.weight": "model.vision_tower.encoder.layer.0.mlp.fc2.weight"}
+    for old, new in pairs.items():
+        assert native_weights[new].dtype == torch.float16
+        w = native_weights[new].float()
+        requantized = torch.round(w * 127 / w.abs().amax(1)[:, None]).to(torch.int8)
+        assert torch.equal(requantized, stored[old]), old
+
+    # On a machine without a GPU, loading says what it needs instead of failing inside bitsandbytes.
+    with pytest.raises(EnvironmentProblem, match="int8 checkpoint: it loads in 8 bit with bitsandbytes"):
+        workbench.load(tmp_path / "native", name="int8")
+
+    # A weight stored in int8 without its scale is an incomplete download, said with the file's name.
+    del stored["language_model.model.layers.0.attention.wo.SCB"]
+    save_file(stored, str(tmp_path / "orig" / "model.safetensors"))
+    with pytest.raises(ConversionError, match=r"model.safetensors: language_model.model.layers.0.attention.wo.weight "
+                                              r"is int8 but the checkpoint has no .*SCB"):
+        convert.convert(tmp_path / "orig", tmp_path / "again", progress=False)
+    assert not (tmp_path / "again").exists()
+
+
+def test_full_disk_is_refused_before_writing_and_midway(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    write_original(tmp_path / "orig", "internvl2-1b")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(ConversionError, match=r"Not enough disk for .*native: .* GB needed, 0.0 GB free"):
+        convert.convert(tmp_path / "orig", tmp_path / "native", progress=False)
+    monkeypatch.undo()
+    assert not (tmp_path / "native").exists() and not list(tmp_path.glob(".native*"))
+
+    # The disk fills while shards are written (another writer): a clear error, and nothing is left.
+    import safetensors.torch
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(ConversionError, match="No space left on device. Free some space and convert again"):
+        convert.convert(tmp_path / "orig", tmp_path / "native", progress=False)
+    assert not (tmp_path / "native").exists() and not list(tmp_path.glob(".native*"))

@@ -151,8 +151,10 @@ def test_crash_marks_the_run_failed_with_the_error(dataset, demo_dir, mlflow_ser
 
 def test_bad_settings_and_data_fail_before_launch(dataset, tmp_path):
     with pytest.raises(UserInputError) as info:
-        jobs.launch(model="demo", dataset=[], sft_type="lora", freeze_llm=True, lora_rank=0, learning_rate=0)
-    for needle in ("no dataset", "lora_rank must be", "freeze_llm with LoRA", "learning_rate must be > 0"):
+        jobs.launch(model="demo", dataset=[], sft_type="lora", freeze_llm=True, lora_rank=0, learning_rate=0,
+                    dtype="bf16-mixed")
+    for needle in ("no dataset", "lora_rank must be", "freeze_llm with LoRA", "learning_rate must be > 0",
+                   "dtype bf16-mixed training needs a GPU here; use dtype fp32"):
         assert needle in str(info.value)
     (tmp_path / "bad.jsonl").write_text('{"query": "x"}\nnot json\n')
     with pytest.raises(UserInputError, match=r"bad.jsonl:1:.*\n.*bad.jsonl:2:"):

@@ -133,3 +133,16 @@ def test_adapter_attaches(tiny_dir, tmp_path):
         assert s.chat(log=False).ask("hello", max_new_tokens=3) is not None
     finally:
         s.unload()
+
+
+def test_quantized_loading_keeps_tower_projector_and_head_in_16_bit(tiny):
+    """transformers decides which linear layers bitsandbytes replaces with should_convert_module; the
+    workbench's skip list, applied to the real module names, leaves exactly the language model's."""
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    from workbench.session import KEEP_UNQUANTIZED
+
+    linear = [n for n, m in tiny.model.named_modules() if isinstance(m, torch.nn.Linear)]
+    converted = {n for n in linear if should_convert_module(n, KEEP_UNQUANTIZED)}
+    assert converted and all(n.startswith("model.language_model.") for n in converted)
+    assert {n for n in linear if n.startswith("model.language_model.")} == converted

@@ -15,6 +15,14 @@ Shards are read and written one at a time (a 76B checkpoint never sits in memory
 temporary folder beside the destination that is renamed only when everything was checked and
 written: a half-written conversion is never where ``load()`` looks.
 
+The int8 InternVL-Chat-V1.5 checkpoint (saved after an 8-bit bitsandbytes load: int8 ``weight``
+plus a per-row ``SCB`` scale) is dequantized to float16 on the way, ``w = q · SCB / 127``, and
+marked so that ``load()`` loads it in 8 bit (from float16) again. bitsandbytes' row-wise absmax
+quantization of those values gives back exactly the stored int8 rows — the largest entry of each
+row is again the scale, and float16 rounding moves ``q`` by at most |q|·2⁻¹⁰ < ½ (bf16's coarser
+rounding would not: about 1 entry in 20 000 would come back off by one) — so nothing is lost in the
+round trip, and the fused-projection splits need no int8 arithmetic.
+
 A processor (tiles, template, system message) is built around the checkpoint's tokenizer when that
 tokenizer loads natively. Not converted yet (issue 5): InternLM2's sentencepiece remote-code
 tokenizer; its files are copied as they are and the summary says no processor was built.
@@ -199,11 +207,25 @@ class Summary:
     bytes: int
     split: int  # fused tensors split (vision qkv, InternLM2 wqkv)
     processor: str = ""
+    dequantized: int = 0  # int8 weights written back in 16 bit (the int8 V1.5)
 
     def __str__(self) -> str:
+        int8 = (f"; {self.dequantized} int8 weights dequantized (load() loads them in 8 bit again)"
+                if self.dequantized else "")
         return (f"converted {self.source}: {self.llm} language model, {self.tensors_in} tensors → "
-                f"{self.tensors_out} ({self.split} fused projections split), {self.bytes / 1e9:.2f} GB; "
+                f"{self.tensors_out} ({self.split} fused projections split), {self.bytes / 1e9:.2f} GB{int8}; "
                 f"processor {self.processor}")
+
+
+def quantization(folder: str | Path) -> str | None:
+    """"int8" for a converted int8 checkpoint (load it in 8 bit), else None."""
+    marker = Path(folder) / "workbench_converted.json"
+    if not marker.exists():
+        return None
+    try:
+        return json.loads(marker.read_text()).get("quantization")
+    except json.JSONDecodeError:
+        return None
 
 
 def shards(folder: Path) -> list[Path]:
@@ -222,6 +244,35 @@ def shards(folder: Path) -> list[Path]:
     if list(folder.glob("*.bin")):
         raise ConversionError(f"{folder} holds .bin weights: only safetensors checkpoints convert.")
     raise ConversionError(f"{folder} has no model.safetensors (or index): not a complete checkpoint.")
+
+
+def int8_scales(files: list[Path]) -> dict:
+    """The per-row ``SCB`` scales of an int8 checkpoint, by module name (empty for a 16-bit one).
+    Read first, since a weight and its scale may sit in different shards."""
+    from safetensors import safe_open
+
+    scales = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if key.endswith(".SCB"):
+                    scales[key[: -len(".SCB")]] = f.get_tensor(key)
+    return scales
+
+
+def dequantize(key: str, tensor, scales: dict, path: Path):
+    """An int8 ``weight`` with its row scales → the float16 weight bitsandbytes quantizes back to it."""
+    import torch
+
+    module = key.removesuffix(".weight")
+    if module not in scales or not key.endswith(".weight"):
+        raise ConversionError(f"{path.name}: {key} is int8 but the checkpoint has no {module}.SCB scale for it; "
+                              "the int8 checkpoint is incomplete (download it again).")
+    scale = scales[module].float()
+    if scale.shape != (tensor.shape[0],):
+        raise ConversionError(f"{path.name}: {module}.SCB has shape {tuple(scale.shape)}, but {key} has "
+                              f"{tensor.shape[0]} rows.")
+    return (tensor.float() * scale[:, None] / 127).to(torch.float16)
 
 
 def image_token_id(folder: Path, original: dict) -> int:
@@ -260,11 +311,13 @@ def convert(src: str | Path, dst: str | Path, *, progress: bool = True) -> Summa
     original = json.loads((src / "config.json").read_text())
     config = native_config(original, image_token_id(src, original))
     files = shards(src)
-    need = sum(f.stat().st_size for f in files)
+    scales = int8_scales(files)
+    need = sum(f.stat().st_size for f in files) * (2 if scales else 1)  # int8 is written back in 16 bit
     dst.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(dst.parent).free
     if free < need * 1.05:
-        raise ConversionError(f"Not enough disk for {dst}: {need / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free.")
+        raise ConversionError(f"Not enough disk for {dst}: {need / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free "
+                              f"on {dst.parent}. Free some space or convert to another disk.")
     expected = _expected_shapes(config)
 
     tmp = dst.with_name(f".{dst.name}.converting")
@@ -277,8 +330,15 @@ def convert(src: str | Path, dst: str | Path, *, progress: bool = True) -> Summa
             out: dict = {}
             with safe_open(str(path), framework="pt") as f:
                 for key in f.keys():
+                    if key.endswith((".SCB", ".weight_format")):
+                        continue  # int8 bookkeeping, consumed with its weight
                     tensors_in += 1
-                    converted = convert_tensor(key, f.get_tensor(key), original)
+                    tensor = f.get_tensor(key)
+                    if tensor.dtype == torch.int8:
+                        tensor = dequantize(key, tensor, scales, path)
+                    elif scales:
+                        tensor = tensor.to(torch.float16)  # one dtype for the whole int8 model
+                    converted = convert_tensor(key, tensor, original)
                     split += len(converted) > 1
                     for name, tensor in converted.items():
                         if name not in expected:
@@ -289,7 +349,11 @@ def convert(src: str | Path, dst: str | Path, *, progress: bool = True) -> Summa
                                                   f"implies {expected[name]} for {name}.")
                         out[name] = tensor.contiguous()
             shard = f"model-{n:05d}-of-{len(files):05d}.safetensors"
-            save_file(out, str(tmp / shard), metadata={"format": "pt"})
+            try:
+                save_file(out, str(tmp / shard), metadata={"format": "pt"})
+            except OSError as exc:  # the disk filled up after all (another writer, a quota)
+                raise ConversionError(f"Could not write {shard} into {tmp.parent}: {exc.strerror or exc}. "
+                                      "Free some space and convert again; nothing was kept.") from exc
             written += sum(t.numel() * t.element_size() for t in out.values())
             weight_map.update({k: shard for k in out})
             seen.update(out)
@@ -300,7 +364,7 @@ def convert(src: str | Path, dst: str | Path, *, progress: bool = True) -> Summa
                                   f"{', '.join(missing[:3])}. A shard may be incomplete.")
         (tmp / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": written}, "weight_map": weight_map}, indent=1))
-        config.torch_dtype = str(original.get("torch_dtype", "bfloat16"))
+        config.torch_dtype = "float16" if scales else str(original.get("torch_dtype", "bfloat16"))
         config.save_pretrained(tmp)
         for extra in src.iterdir():  # tokenizer, template, generation settings: as they are, for now
             if extra.is_file() and extra.suffix != ".safetensors" and extra.name not in (
@@ -308,13 +372,15 @@ def convert(src: str | Path, dst: str | Path, *, progress: bool = True) -> Summa
                 shutil.copy2(extra, tmp / extra.name)
         processor_note = _processor(tmp, original)
         lineage = {"converted_from": str(src.resolve()), "llm": llm_kind(original),
-                   "template": original.get("template"), "processor": processor_note}
+                   "template": original.get("template"), "processor": processor_note,
+                   "quantization": "int8" if scales else None}
         (tmp / "workbench_converted.json").write_text(json.dumps(lineage, indent=1))
         tmp.rename(dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave half a model where load() could find it
         raise
-    return Summary(str(src), llm_kind(original), tensors_in, len(seen), written, split, processor_note)
+    return Summary(str(src), llm_kind(original), tensors_in, len(seen), written, split, processor_note,
+                   len({k for k in scales}))
 
 
 def _processor(folder: Path, original: dict) -> str:

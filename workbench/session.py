@@ -231,8 +231,14 @@ def load(model: str | os.PathLike | None = None, *, dtype: str | torch.dtype | N
     if convert.is_original(path):  # a hub download in the remote-code layout: converted once, cached
         path = convert.ensure_converted(path)
     config = _check_format(path, source)
-    if spec and spec.quantized == "int8" and not quantization:
+    stored = (spec.quantized if spec else None) or convert.quantization(path)
+    if stored == "int8" and not quantization:
+        if not gpus:
+            raise EnvironmentProblem(
+                f"{source} is the int8 checkpoint: it loads in 8 bit with bitsandbytes, which needs a CUDA GPU, and "
+                "none is visible here. On the CPU use the 16-bit model instead (e.g. internvl-chat-v1_5).")
         quantization = "int8"
+        torch_dtype = torch_dtype or torch.float16  # the converted weights' dtype: bitsandbytes gets the stored rows back
     if torch_dtype is None:
         torch_dtype = torch.bfloat16 if gpus else torch.float32
 
@@ -312,9 +318,15 @@ def _quant_config(kind: str):
     from transformers import BitsAndBytesConfig
 
     if kind == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"])
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=KEEP_UNQUANTIZED)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-                              llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"])
+                              llm_int8_skip_modules=KEEP_UNQUANTIZED)
+
+
+# Quantized loading quantizes the language model only. Full module paths: transformers 5 matches
+# these from the start of a module's name (or as its suffix), so a bare "vision_tower" would not
+# keep "model.vision_tower.…" in 16 bit (seen on the GPU: the tower came back int8).
+KEEP_UNQUANTIZED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 
 
 def _attach_adapter(net, adapter):

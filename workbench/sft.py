@@ -86,7 +86,8 @@ def _setup(cfg: SFTConfig, where, spec, train_samples, val_samples, tracking, gp
     from .session import _download
 
     path = where if isinstance(where, Path) else _download(where)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(cfg.dtype)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+             "bf16-mixed": torch.float32}.get(cfg.dtype)
     if dtype is None:
         dtype = torch.bfloat16 if gpus and torch.cuda.is_bf16_supported() else torch.float32
     kwargs = {"dtype": dtype}
@@ -109,7 +110,8 @@ def _setup(cfg: SFTConfig, where, spec, train_samples, val_samples, tracking, gp
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit, eval_strategy="steps" if val_set else "no",
-        eval_steps=cfg.eval_steps or cfg.save_steps, seed=cfg.seed, bf16=dtype == torch.bfloat16,
+        eval_steps=cfg.eval_steps or cfg.save_steps, seed=cfg.seed,
+        bf16=dtype == torch.bfloat16 or cfg.dtype == "bf16-mixed",
         fp16=dtype == torch.float16, gradient_checkpointing=cfg.gradient_checkpointing,
         deepspeed=_deepspeed(cfg), report_to=[], remove_unused_columns=False, dataloader_num_workers=cfg.num_workers,
         use_cpu=not gpus, disable_tqdm=True, save_only_model=False,

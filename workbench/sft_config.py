@@ -43,7 +43,9 @@ class SFTConfig:
     gradient_checkpointing: bool = False
     num_workers: int = 0  # data loader processes encoding samples (images → tiles) beside training
     deepspeed: str | None = None  # zero2, zero3 or a JSON config path
-    dtype: str = "auto"  # bf16 on a GPU that has it, else fp32
+    # bf16 on a GPU that has it, else fp32. "bf16-mixed" keeps fp32 weights and optimizer state and
+    # runs the forward pass in bf16 autocast: what training from scratch wants (pure bf16 stalls).
+    dtype: str = "auto"
     output_dir: str | None = None  # default: <workbench home>/runs/<job id>
     save_steps: int = 50
     eval_steps: int | None = None  # default: save_steps
@@ -157,9 +159,9 @@ class SFTConfig:
             p.append(f"eval_steps must be ≥ 1, got {self.eval_steps}.")
         if self.max_length < 300:
             p.append(f"max_length {self.max_length} cannot hold one image (256 tokens per tile plus the text): use ≥ 300.")
-        if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
-            p.append(f"dtype {self.dtype!r}: use auto, bf16, fp16 or fp32.")
-        if self.dtype in ("bf16", "fp16") and not gpus:
+        if self.dtype not in ("auto", "bf16", "bf16-mixed", "fp16", "fp32"):
+            p.append(f"dtype {self.dtype!r}: use auto, bf16, bf16-mixed, fp16 or fp32.")
+        if self.dtype in ("bf16", "bf16-mixed", "fp16") and not gpus:
             p.append(f"dtype {self.dtype} training needs a GPU here; use dtype fp32 (or auto) on the CPU.")
         if self.resume not in (None, "last") and not Path(self.resume).is_dir():
             p.append(f"resume {self.resume!r} is not a checkpoint folder: give checkpoint-N's path or 'last'.")
