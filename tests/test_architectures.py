@@ -6,7 +6,8 @@ from workbench.errors import ModelNotFoundError
 
 # Published sizes (billions of parameters); random-init builds must be within 1 %.
 PUBLISHED = {"internvl2-1b": 0.94, "internvl2-2b": 2.2, "internvl2-8b": 8.1, "internvl2-26b": 25.5,
-             "internvl2-40b": 40.0, "internvl2-llama3-76b": 76.0, "internvl-chat-v1_5": 25.5}
+             "internvl2-40b": 40.0, "internvl2-llama3-76b": 76.0, "internvl-chat-v1_5": 25.5,
+             "internvl2-4b": 4.15, "mini-internvl-chat-4b-v1_5": 4.15, "mini-internvl-chat-2b-v1_5": 2.2}
 
 
 @pytest.mark.parametrize("name,billions", PUBLISHED.items())

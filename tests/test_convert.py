@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from conftest import EXAMPLE, REPO
 from workbench import convert
 from workbench.convert import ConversionError
 
@@ -436,3 +437,122 @@ def test_full_disk_is_refused_before_writing_and_midway(tmp_path, monkeypatch):
     with pytest.raises(ConversionError, match="No space left on device. Free some space and convert again"):
         convert.convert(tmp_path / "orig", tmp_path / "native", progress=False)
     assert not (tmp_path / "native").exists() and not list(tmp_path.glob(".native*"))
+
+
+# -- the family's tokenizer and template: the same token ids as the original chat code ---------------
+
+# The original chat code's prompt (InternVL's conversation.py, "MPT" style): system turn + separator,
+# then role + message + separator for each turn, the open assistant role last; `<image>` becomes
+# <img> + 256 <IMG_CONTEXT> per tile + </img>.
+RULES = {
+    "internlm2-chat": ("<|im_start|>system\n", "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"),
+    "Hermes-2": ("<|im_start|>system\n", "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"),
+    "internvl2_5": ("<|im_start|>system\n", "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>\n"),
+    "phi3-chat": ("<|system|>\n", "<|user|>\n", "<|assistant|>\n", "<|end|>"),
+}
+
+
+def original_prompt(template, system, turns, tiles):
+    sys_open, user, assistant, sep = RULES[template]
+    text = sys_open + system + sep
+    for question, answer in turns:
+        text += user + question + sep + assistant + (answer + sep if answer is not None else "")
+    return text.replace("<image>", "<img>" + "<IMG_CONTEXT>" * 256 * tiles + "</img>")
+
+
+def write_with_tokenizer(folder, family, tiny_dir, tmp_path, **llm_overrides):
+    """A tiny original checkpoint with its family's kind of tokenizer: InternLM2's SentencePiece one
+    (remote code), or one that loads natively (the tiny model's)."""
+    import shutil
+
+    from test_internlm2_tokenizer import write_tokenizer
+
+    if FAMILIES[family][1] == "InternLM2ForCausalLM":
+        sp = tmp_path / "sp-tokenizer"
+        sp.mkdir(exist_ok=True)
+        vocab = write_tokenizer(sp)
+        files = [sp / "tokenizer.model", sp / "tokenizer_config.json"]
+    else:
+        vocab = json.loads((tiny_dir / "config.json").read_text())["text_config"]["vocab_size"]
+        files = [tiny_dir / "tokenizer.json", tiny_dir / "tokenizer_config.json"]
+    config, weights = write_original(folder, family, vocab_size=vocab, **llm_overrides)
+    for f in files:
+        shutil.copy(f, folder / f.name)
+    return config, weights
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_converted_template_gives_the_original_token_ids(family, tmp_path, tiny_dir):
+    from PIL import Image
+    from transformers import AutoProcessor, AutoTokenizer
+
+    from test_internlm2_tokenizer import reference_encode
+    from workbench.chat import _stop_ids
+    from workbench.templates import INTERNVL2_5_SYSTEM, INTERNVL2_SYSTEM
+
+    orig = tmp_path / "orig"
+    write_with_tokenizer(orig, family, tiny_dir, tmp_path)
+    template = FAMILIES[family][3]
+    system = INTERNVL2_5_SYSTEM if template == "internvl2_5" else INTERNVL2_SYSTEM
+    if family == "internvl2-8b":  # the checkpoint's own conversation.py names the system message
+        system = "You are TinyVL, a test model."
+        (orig / "conversation.py").write_text(
+            "register_conv_template(Conversation(name='Hermes-2', system_message='Not this one.'))\n"
+            f"register_conv_template(Conversation(name='{template}', system_template='<|im_start|>system\\n"
+            f"{{system_message}}', system_message='{system}', roles=('<|im_start|>user\\n', '<|im_start|>assistant\\n')))\n")
+    summary = convert.convert(orig, tmp_path / "native", progress=False)
+    assert summary.processor.startswith(f"built: template {template}"), summary.processor
+    internlm2 = FAMILIES[family][1] == "InternLM2ForCausalLM"
+    assert ("InternLM2 tokenizer converted" in summary.processor) == internlm2
+
+    processor = AutoProcessor.from_pretrained(tmp_path / "native")
+    messages = [{"role": "user", "content": "<IMG_CONTEXT>\nDescribe the image."},
+                {"role": "assistant", "content": "A red circle, top left."}, {"role": "user", "content": "Where is it?"}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    got = processor(text=[text], images=[Image.open(EXAMPLE)], return_tensors="pt")
+    tiles = got["pixel_values"].shape[0]
+    assert tiles > 1, "several tiles and the thumbnail, as the original splits a 640x480 image"
+    expected_text = original_prompt(template, system, [("<image>\nDescribe the image.", "A red circle, top left."),
+                                                       ("Where is it?", None)], tiles)
+    expected = reference_encode(orig, expected_text) if internlm2 else \
+        AutoTokenizer.from_pretrained(orig)(expected_text)["input_ids"]
+    assert got["input_ids"][0].tolist() == expected
+    if template != "phi3-chat":  # generation stops at the family's end-of-turn token
+        assert processor.tokenizer.convert_tokens_to_ids("<|im_end|>") in _stop_ids(processor.tokenizer)
+
+
+@pytest.mark.slow
+def test_internlm2_checkpoint_loads_once_chats_and_its_lora_merges(tmp_path, tiny_dir, dataset, mlflow_server):
+    """InternVL-Chat-V1.5's layout with InternLM2's SentencePiece tokenizer: load() converts it once,
+    chats; a LoRA fine-tune of it (background job) merges into a model equal to base + adapter."""
+    import workbench
+    from workbench import jobs
+
+    orig = tmp_path / "v1_5"
+    write_with_tokenizer(orig, "v1_5", tiny_dir, tmp_path, max_position_embeddings=8192)  # 13 tiles fit
+    session = workbench.load(orig, name="v1_5")
+    try:
+        conv = session.chat(log=False)
+        answer = conv.ask("<image>\nDescribe the image.", [EXAMPLE], max_new_tokens=8)
+        assert isinstance(answer, str) and conv.turns[-1].answer == answer
+        inputs = conv._inputs(conv._prepare("Where is the red circle?", [EXAMPLE], [], conv.settings))
+    finally:
+        workbench.unload("v1_5")
+    converted = convert.ensure_converted(orig, progress=False)
+    assert (converted / "tokenizer.json").exists() and not (converted / "modeling_internvl_chat.py").exists()
+
+    job = jobs.launch(REPO / "recipes" / "demo-lora.yaml", model=str(orig), dataset=[str(dataset / "train.jsonl")],
+                      max_steps=2, save_steps=2, max_tiles=1, register_as="test-v1_5-lora")
+    assert job.wait(600) == "finished", job.log_tail()
+    merged_dir = job.merge()
+    from transformers import AutoModelForImageTextToText
+
+    merged = AutoModelForImageTextToText.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    adapted = workbench.load(orig, adapter=job.output_dir / "final", name="v1_5-lora")
+    try:
+        with torch.no_grad():
+            a = adapted.model(**inputs).logits
+            b = merged(**inputs).logits
+        assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    finally:
+        workbench.unload("v1_5-lora")

@@ -23,9 +23,10 @@ row is again the scale, and float16 rounding moves ``q`` by at most |q|·2⁻¹�
 rounding would not: about 1 entry in 20 000 would come back off by one) — so nothing is lost in the
 round trip, and the fused-projection splits need no int8 arithmetic.
 
-A processor (tiles, template, system message) is built around the checkpoint's tokenizer when that
-tokenizer loads natively. Not converted yet (issue 5): InternLM2's sentencepiece remote-code
-tokenizer; its files are copied as they are and the summary says no processor was built.
+A processor (tiles, the family's template, its system message) is built around the checkpoint's
+tokenizer: as it is when it loads natively, InternLM2's remote-code SentencePiece tokenizer through
+``internlm2_tokenizer``. The system message is the checkpoint's own (``system_message`` in its
+config, else the one its modeling code sets), else the family's.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserInputError
+from .templates import INTERNVL2_5_SYSTEM, INTERNVL2_SYSTEM
 
 ORIGINAL_ARCHITECTURE = "InternVLChatModel"
 LLM_TYPES = {  # original llm_config architecture → native text model type
@@ -370,7 +372,7 @@ def convert(src: str | Path, dst: str | Path, *, progress: bool = True) -> Summa
             if extra.is_file() and extra.suffix != ".safetensors" and extra.name not in (
                     "config.json", "model.safetensors.index.json") and not extra.name.endswith(".py"):
                 shutil.copy2(extra, tmp / extra.name)
-        processor_note = _processor(tmp, original)
+        processor_note = _processor(tmp, src, original)
         lineage = {"converted_from": str(src.resolve()), "llm": llm_kind(original),
                    "template": original.get("template"), "processor": processor_note,
                    "quantization": "int8" if scales else None}
@@ -383,23 +385,51 @@ def convert(src: str | Path, dst: str | Path, *, progress: bool = True) -> Summa
                    len({k for k in scales}))
 
 
-def _processor(folder: Path, original: dict) -> str:
+def _processor(folder: Path, src: Path, original: dict) -> str:
     """An InternVLProcessor (448-px tiles, the checkpoint's tile limit, its template and system
     message) around the checkpoint's own tokenizer, when that tokenizer loads without remote code."""
     from transformers import AutoTokenizer
 
+    from . import internlm2_tokenizer
     from .templates import STYLES
     from .tiny import PROCESSOR_TOKENS, build_processor
 
+    note = ""
+    if internlm2_tokenizer.needs_conversion(folder):
+        internlm2_tokenizer.convert(folder).save_pretrained(folder)  # replaces the remote-code tokenizer_config
+        note = ", InternLM2 tokenizer converted"
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, extra_special_tokens=dict(PROCESSOR_TOKENS))
-    except Exception as exc:  # e.g. InternLM2's sentencepiece tokenizer, which needs its remote code
+    except Exception as exc:  # a tokenizer that needs remote code we do not convert
         return f"not built: the tokenizer does not load natively ({type(exc).__name__}: {str(exc)[:200]})"
     template = original.get("template") if original.get("template") in STYLES else "internvl2_5"
+    system = original.get("system_message") or _system_message(src, template) or (
+        INTERNVL2_5_SYSTEM if template == "internvl2_5" else INTERNVL2_SYSTEM)
     processor = build_processor(tokenizer, max_tiles=int(original.get("max_dynamic_patch", 6)), template=template,
-                                system=original.get("system_message"))
+                                system=system)
     processor.save_pretrained(folder)
-    return f"built: template {template}, up to {original.get('max_dynamic_patch', 6)} tiles"
+    return f"built: template {template}, up to {original.get('max_dynamic_patch', 6)} tiles{note}"
+
+
+def _system_message(src: Path, template: str) -> str | None:
+    """The system message the checkpoint's own code sets (read as text, never run): a literal in
+    modeling_internvl_chat.py, else the template's entry in conversation.py."""
+    literal = r"system_message\s*=\s*(['\"])(.+?)\1"
+    code = src / "modeling_internvl_chat.py"
+    if code.exists():
+        found = re.search(literal, code.read_text(errors="replace"))
+        if found:
+            return found.group(2)
+    conv = src / "conversation.py"
+    if conv.exists():
+        text = conv.read_text(errors="replace")
+        start = re.search(rf"name\s*=\s*['\"]{re.escape(template)}['\"]", text)
+        if start:
+            block = text[start.end():].split("register_conv_template", 1)[0]
+            found = re.search(literal, block)
+            if found:
+                return found.group(2)
+    return None
 
 
 def ensure_converted(src: str | Path, *, progress: bool = True) -> Path:
