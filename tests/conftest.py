@@ -21,6 +21,9 @@ def workbench_home(tmp_path_factory):
     old = {k: os.environ.get(k) for k in ("WORKBENCH_HOME", "HF_HUB_OFFLINE")}
     os.environ["WORKBENCH_HOME"] = str(home)
     os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach a hub
+    from workbench import tracing
+
+    tracing.disable()  # kept in the test home: chat turns are traced only where a test asks (test_tracing.py)
     yield home
     for k, v in old.items():
         if v is None:

@@ -3,6 +3,7 @@ Playwright): run it, check the overlay's boxes on screen, chat through the panel
 
 Screenshots land in docs/screenshots/ (shown by docs/quickstart.md)."""
 
+import contextlib
 import json
 import os
 import secrets
@@ -31,13 +32,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def lab(demo_dir, tmp_path_factory):
-    """A JupyterLab server on 127.0.0.1 serving a copy of the notebooks and examples."""
-    root = tmp_path_factory.mktemp("lab")
-    for folder in ("notebooks", "examples"):
-        shutil.copytree(REPO / folder, root / folder)
-    jupyter = tmp_path_factory.mktemp("jupyter")
+@contextlib.contextmanager
+def running_lab(root, jupyter: Path):
+    """A JupyterLab server on 127.0.0.1 serving ``root`` (and started in it), with its config,
+    settings and workspaces isolated under ``jupyter``; yields (base URL, token)."""
     settings = jupyter / "lab-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
@@ -49,7 +47,7 @@ def lab(demo_dir, tmp_path_factory):
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}", "--ServerApp.ip=127.0.0.1",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -59,25 +57,45 @@ def lab(demo_dir, tmp_path_factory):
         except OSError:
             assert proc.poll() is None and time.monotonic() < deadline, (jupyter / "lab.log").read_text()[-3000:]
             time.sleep(0.5)
-    yield base, token
-    proc.terminate()
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield base, token
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
 
 
-@pytest.fixture
-def page(lab):
+@contextlib.contextmanager
+def chromium_page():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.set_default_timeout(30_000)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def lab(demo_dir, tmp_path_factory):
+    """A JupyterLab server serving a copy of the notebooks and examples."""
+    root = tmp_path_factory.mktemp("lab")
+    for folder in ("notebooks", "examples"):
+        shutil.copytree(REPO / folder, root / folder)
+    with running_lab(root, tmp_path_factory.mktemp("jupyter")) as server:
+        yield server
+
+
+@pytest.fixture
+def page(lab):
+    with chromium_page() as page:
         yield page
-        browser.close()
 
 
 def near(a: float, b: float, tolerance: float = 3.0) -> bool:

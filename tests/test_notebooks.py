@@ -26,5 +26,8 @@ def test_quickstart_runs_top_to_bottom(demo_dir):
     def shows_widget(cell):
         return any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in cell.outputs)
 
-    for needle in ("ChatPanel(session)", "ui.overlay(", "ui.show()"):
+    for needle in ("ChatPanel(session)", "ui.overlay(", "ui.show()", "%%wb_ask"):
         assert shows_widget(next(c for c in code if needle in c.source)), needle
+    asked = next(c for c in code if c.source.startswith("%%wb_ask"))  # the magic answers with the box
+    markdown = "".join(str(o.get("data", {}).get("text/markdown", "")) for o in asked.outputs)
+    assert "<ref>the green triangle</ref><box>" in markdown

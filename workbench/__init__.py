@@ -37,3 +37,10 @@ def __getattr__(name: str):
     value = module if attr is None else getattr(module, attr)
     globals()[name] = value
     return value
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext workbench``: the workbench magics (see ``workbench.magics``)."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)

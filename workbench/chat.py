@@ -92,12 +92,13 @@ class Conversation:
     """A multi-turn chat on a :class:`workbench.session.Session`."""
 
     def __init__(self, session, *, system: str | None = None, settings: GenerationSettings | None = None,
-                 log: bool = True, max_tiles: int | None = None, video_segments: int = 8):
+                 log: bool = True, trace: bool | None = None, max_tiles: int | None = None, video_segments: int = 8):
         self.session = session
         self.system = system if system is not None else (session.spec.system_prompt if session.spec else None)
         self.settings = settings or GenerationSettings()
         self.settings.check()
         self.log = log
+        self.trace = trace  # an MLflow trace per turn; None: the user's lasting choice (workbench.tracing)
         self.max_tiles = max_tiles or session.max_tiles
         self.video_segments = video_segments
         self.turns: list[Turn] = []
@@ -317,6 +318,10 @@ class Conversation:
             }
             with open(subdir("logs") / "chat.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        from . import tracing
+
+        if self.trace or (self.trace is None and tracing.enabled()):
+            tracing.record(self, turn)
         for hook in TURN_HOOKS:
             hook(self, turn)
 

@@ -54,3 +54,29 @@ def built_model(name: str, build) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+SETTINGS_FILE = "settings.json"
+
+
+def settings() -> dict:
+    """The user's lasting choices (e.g. ``trace_chats``), kept in ``home()/settings.json``."""
+    import json
+
+    path = home() / SETTINGS_FILE
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return {}  # a hand-edited file gone bad: defaults, rather than every panel failing
+
+
+def set_setting(key: str, value) -> None:
+    """Keep one choice in ``home()/settings.json`` (written whole, then renamed into place)."""
+    import json
+
+    path = home() / SETTINGS_FILE
+    current = settings()
+    current[key] = value
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(current, indent=1))
+    tmp.replace(path)

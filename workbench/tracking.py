@@ -1,8 +1,10 @@
 """Where runs are tracked: a local MLflow tracking server, started on demand, or a team server.
 
 ``MLFLOW_TRACKING_URI`` set by the user wins: everything goes there. Otherwise the workbench runs
-one ``mlflow server`` per working directory on 127.0.0.1, with a SQLite backend and artifacts under
-``mlruns/`` of that directory. The kernel and every training process talk to it over HTTP: several
+one ``mlflow server`` per store on 127.0.0.1, with a SQLite backend and artifacts under ``mlruns/``:
+the nearest ``mlruns/`` folder at or above the working directory (as git finds ``.git``), else a new
+one in the working directory. So notebooks in sub-folders of a project, its terminal commands and
+the JupyterLab MLflow tab (``workbench.jupyter``) all see the same runs. The kernel and every training process talk to it over HTTP: several
 processes writing one SQLite file directly is what breaks, one server serialising them does not.
 The server is detached (it outlives the kernel) and recorded under the workbench home, so a later
 kernel or job finds and reuses it.
@@ -60,9 +62,28 @@ def tracking_uri(root: str | Path | None = None, *, start: bool = True) -> str:
     return server.uri if server else ""
 
 
+def store_root(start: str | Path | None = None) -> Path:
+    """The folder whose ``mlruns/`` holds the runs: the nearest at or above ``start`` (default: the
+    working directory) that has one, else ``start`` itself."""
+    start = Path(start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "mlruns").is_dir():
+            return folder
+    return start
+
+
+def server_command(root: Path, port: int) -> list[str]:
+    """The ``mlflow server`` command line for the store under ``root``."""
+    store = root / "mlruns"
+    return [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts"),
+            "--workers", "1"]
+
+
 def local_server(root: str | Path | None = None, *, start: bool = True, timeout_s: float = 120) -> Server | None:
-    """The local server for ``root`` (default: the working directory), started if not running."""
-    root = Path(root or Path.cwd()).resolve()
+    """The local server for the store under ``root`` (default: see :func:`store_root`), started if
+    not running."""
+    root = Path(root).resolve() if root else store_root()
     record = _record(root)
     if record.exists():
         server = Server(**json.loads(record.read_text()))
@@ -75,9 +96,7 @@ def local_server(root: str | Path | None = None, *, start: bool = True, timeout_
     port = _free_port()
     log = open(subdir("mlflow") / f"server-{port}.log", "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts"),
-         "--workers", "1"],
+        server_command(root, port),
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
     server = Server(f"http://127.0.0.1:{port}", proc.pid, str(root))
     deadline = time.monotonic() + timeout_s

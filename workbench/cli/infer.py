@@ -36,6 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     p.add_argument("--draw-boxes", default=None, metavar="PNG", help="save the image with the answer's boxes drawn")
+    p.add_argument("--no-trace", action="store_true",
+                   help="do not record the turns as MLflow traces (default: as workbench.tracing says; on unless disabled)")
     p.set_defaults(run=run)
 
 
@@ -54,11 +56,26 @@ def run(args) -> int:
         _from_checkpoint(args)
     session = load(args.model, dtype=args.dtype, max_memory=args.max_memory, device_map=args.device_map,
                    attn_implementation=args.attn_impl, quantization=args.quantization, adapter=args.adapter)
-    conv = session.chat(system=args.system, settings=settings, max_tiles=args.max_tiles)
-    if args.query is not None:
-        _answer(conv, args.query, _split(args.images), _split(args.videos), args.stream, args.draw_boxes)
-        return 0
-    return _interactive(conv, args)
+    conv = session.chat(system=args.system, settings=settings, max_tiles=args.max_tiles,
+                        trace=False if args.no_trace else None)
+    try:
+        if args.query is not None:
+            _answer(conv, args.query, _split(args.images), _split(args.videos), args.stream, args.draw_boxes)
+            return 0
+        return _interactive(conv, args)
+    finally:
+        _flush_traces()
+
+
+def _flush_traces() -> None:
+    """Traces are written in the background; a process about to exit waits for them (the first
+    time, that includes starting the local MLflow server)."""
+    from .. import tracing
+
+    if tracing.pending():
+        print("(recording the turns as MLflow traces; --no-trace skips this)", file=sys.stderr)
+        if not tracing.flush(120) or tracing.last_error:
+            print(f"[trace] not recorded: {tracing.last_error or 'timed out'}", file=sys.stderr)
 
 
 def _answer(conv, query: str, images: list[str], videos: list[str], stream: bool, draw: str | None) -> None:

@@ -3,12 +3,13 @@
 - :class:`ChatPanel` — chat with streaming, stop, images by upload/path/URL, box overlays;
 - :class:`ModelPanel` — load/unload models with memory limits, live memory bars;
 - :class:`JobsPanel` — fine-tune jobs: progress and ETA, loss curve, log, cancel / resume / merge;
+- :class:`ComparePanel` — checkpoints with their evaluation, A/B chat between two of them;
 - :func:`overlay` / :class:`Overlay` — any image with labelled boxes (prediction and ground truth).
 """
 
 from __future__ import annotations
 
-__all__ = ["App", "ChatPanel", "JobsPanel", "ModelPanel", "Overlay", "overlay", "show"]
+__all__ = ["App", "ChatPanel", "ComparePanel", "JobsPanel", "ModelPanel", "Overlay", "overlay", "show"]
 
 
 def __getattr__(name):  # the widget stack is imported on first use, not with the package
@@ -18,6 +19,9 @@ def __getattr__(name):  # the widget stack is imported on first use, not with th
     if name == "ModelPanel":
         from .model import ModelPanel
         return ModelPanel
+    if name == "ComparePanel":
+        from .compare import ComparePanel
+        return ComparePanel
     if name == "JobsPanel":
         from .jobs import JobsPanel
         return JobsPanel

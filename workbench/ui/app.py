@@ -1,5 +1,5 @@
-"""The whole workbench in one widget: Chat, Model and Jobs tabs, wired so that a model loaded in
-the Model tab is the one the Chat tab talks to."""
+"""The whole workbench in one widget: Chat, Model, Jobs and Compare tabs, wired so that a model
+loaded in the Model tab is the one the Chat tab talks to."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import ipywidgets as W
 
 from .. import session as sessions
 from .chat import ChatPanel
+from .compare import ComparePanel
 from .jobs import JobsPanel
 from .model import ModelPanel
 
@@ -16,15 +17,24 @@ class App(W.Tab):
         self.chat = ChatPanel(session)
         self.model = ModelPanel()
         self.jobs = JobsPanel()
+        self.compare = ComparePanel(refresh=False)  # reads MLflow: only once the tab is opened
         self.model.on_loaded.append(self.chat.use)
-        super().__init__([self.chat, self.model, self.jobs], titles=("Chat", "Model", "Jobs"))
+        super().__init__([self.chat, self.model, self.jobs, self.compare], titles=("Chat", "Model", "Jobs", "Compare"))
+        self._compared = False
+        self.observe(self._opened, names="selected_index")
         self.add_class("wb-app")
         # With nothing loaded yet, open on the Model tab: that is the first thing to do.
         self.selected_index = 0 if (session is not None or sessions.sessions()) else 1
 
+    def _opened(self, change) -> None:
+        if change["new"] == 3 and not self._compared:
+            self._compared = True
+            self.compare.refresh(experiments=True)
+
     def close(self) -> None:
         self.model.close()
         self.jobs.close()
+        self.compare.close()
         super().close()
 
 
