@@ -227,3 +227,16 @@ def test_app_points_chat_at_the_model_just_loaded(tiny_dir):
     finally:
         workbench.unload("ui-app")
         app.close()
+
+
+def test_trace_toggle_is_the_lasting_tracing_choice():
+    from workbench import tracing
+
+    panel = ui.ChatPanel()
+    assert panel.trace_toggle.value is False  # the test home has tracing off (conftest)
+    panel.trace_toggle.value = True
+    try:
+        assert tracing.enabled() and ui.ChatPanel().trace_toggle.value is True  # a new panel (or kernel) follows
+    finally:
+        panel.trace_toggle.value = False
+    assert not tracing.enabled()

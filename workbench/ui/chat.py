@@ -108,7 +108,14 @@ class ChatPanel(W.VBox):
                                               description="temperature", style={"description_width": "110px"})
         self.top_p = W.BoundedFloatText(value=defaults.top_p, min=0.01, max=1.0, step=0.05, description="top p",
                                         style={"description_width": "110px"})
-        settings_box = W.Accordion([W.VBox([self.max_new_tokens, self.temperature, self.top_p])],
+        from .. import tracing
+
+        # The one toggle for MLflow traces of chat turns; the choice lasts (workbench home settings).
+        self.trace_toggle = W.Checkbox(value=tracing.enabled(), description="record turns as MLflow traces",
+                                       indent=False)
+        self.trace_toggle.add_class("wb-chat-trace")
+        self.trace_toggle.observe(lambda change: tracing.enable(change["new"]), names="value")
+        settings_box = W.Accordion([W.VBox([self.max_new_tokens, self.temperature, self.top_p, self.trace_toggle])],
                                    titles=("Generation settings",), selected_index=None)
 
         self.send_button.on_click(lambda _: self.stop() if self.busy else self.send())
