@@ -68,6 +68,7 @@ class SyntheticConfig:
     questions: dict[str, float] = field(default_factory=lambda: {"find": 0.6, "find_all": 0.1, "what": 0.15,
                                                                   "describe": 0.15})
     require: str | None = None  # a colour every image must show at least once (new-concept data)
+    focus: str | None = None  # find / what questions ask about a shape of this colour when there is one
 
 
 def palette(name: str) -> tuple[int, int, int]:
@@ -187,11 +188,13 @@ def mentioned(text: str, palette_names=None) -> set[tuple[str, str]]:
     return found
 
 
-def question(shapes: list[Shape], kind: str, rng: random.Random, size: int) -> dict:
-    """One sample (without its image path) of question ``kind`` about ``shapes``."""
+def question(shapes: list[Shape], kind: str, rng: random.Random, size: int, focus: str | None = None) -> dict:
+    """One sample (without its image path) of question ``kind`` about ``shapes`` (about a shape of
+    colour ``focus`` when given and present)."""
     norm = {id(s): grounding.to_norm_1000(s.box, size, size) for s in shapes}
+    pool = [s for s in shapes if s.colour == focus] or shapes
     if kind == "find":
-        s = rng.choice(shapes)
+        s = rng.choice(pool)
         return {"query": "<image>" + FIND_PROMPT + f"<ref>{s.caption}</ref>",
                 "response": grounding.format_ref(s.caption, [norm[id(s)]]), "kind": kind, "caption": s.caption}
     if kind == "find_all":
@@ -201,7 +204,7 @@ def question(shapes: list[Shape], kind: str, rng: random.Random, size: int) -> d
         return {"query": f"<image>Find all the {k}s.", "response": grounding.format_ref(label, [norm[id(s)] for s in same]),
                 "kind": kind, "caption": k}
     if kind == "what":  # in the user-format placeholders: a pixel box in `objects`, the caption as answer
-        s = rng.choice(shapes)
+        s = rng.choice(pool)
         objects = [{"caption": s.caption, "bbox": list(s.box), "bbox_type": "real", "image": 0}]
         return {"query": "<image>What is at <bbox>?", "response": "<ref-object>", "objects": json.dumps(objects),
                 "kind": kind, "caption": s.caption}
@@ -249,7 +252,7 @@ def _shard(job) -> list[str]:
         picture = render(shapes, rng, cfg)
         name = f"images/{split}/{i:06d}.png"
         picture.save(folder / name, compress_level=1)
-        q = question(shapes, kind or rng.choices(kinds, weights)[0], rng, cfg.image_size)
+        q = question(shapes, kind or rng.choices(kinds, weights)[0], rng, cfg.image_size, cfg.focus)
         q["images"] = [name]
         q["shapes"] = [{"caption": s.caption, "colour": s.colour, "kind": s.kind, "box": list(s.box)} for s in shapes]
         lines.append(json.dumps(q))
