@@ -65,3 +65,15 @@ def test_base_against_a_checkpoint(finished):
         assert pair.a.adapter is None and pair.b.adapter == str(final.path)
     finally:
         pair.unload()
+
+
+def test_a_second_pair_gets_its_own_session_names(finished):
+    first, _, final = ours(finished)
+    one = compare.load_pair(compare.BASE, final)
+    two = compare.load_pair(first, final)
+    try:
+        assert one.owned == ["compare-base"] and two.owned == ["compare2-base"]
+        assert two.a.name == "compare2-A"
+    finally:
+        one.unload()
+        two.unload()

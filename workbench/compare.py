@@ -174,12 +174,19 @@ class Pair:
                 sessions.unload(name)
 
 
-def load_pair(a: Checkpoint | str, b: Checkpoint, *, name: str = "compare") -> Pair:
+def load_pair(a: Checkpoint | str, b: Checkpoint, *, name: str | None = None) -> Pair:
     """Load A (a checkpoint, or ``BASE``: b's base model) and B for A/B chat, sharing the base
-    when both are adapters of it."""
+    when both are adapters of it. Sessions are named ``<name>-A`` / ``-B`` (``-base``); by default
+    ``compare``, or ``compare2``… while another pair holds that name."""
     from peft import PeftModel
 
     from . import session as sessions
+
+    if name is None:
+        taken = {n.rsplit("-", 1)[0] for n in sessions.sessions()}
+        name, i = "compare", 2
+        while name in taken:
+            name, i = f"compare{i}", i + 1
 
     if not isinstance(b, Checkpoint):
         raise UserInputError("B must be a checkpoint (A may be the base model).")
