@@ -106,12 +106,12 @@ def test_quickstart_in_a_real_browser(lab, page):
     drive(page, *lab)
 
 
-def drive(page, base: str, token: str) -> None:
-    page.goto(f"{base}/lab/tree/notebooks/quickstart.ipynb?token={token}")
+def run_all_cells(page) -> None:
+    """Run All Cells of the open notebook once its kernel is idle. A run requested while the page
+    is still wiring up its kernel connection can be dropped: ask again until the first code cell
+    shows it is queued or has run."""
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
     page.wait_for_selector(".jp-StatusBar-TextItem:has-text('| Idle')", timeout=90_000)
-    # A run requested while the page is still wiring up its kernel connection can be dropped:
-    # ask again until the first code cell shows it is queued or has run.
     for attempt in range(5):
         page.click(".lm-MenuBar-itemLabel:text-is('Run')")
         page.click("li.lm-Menu-item:has(.lm-Menu-itemLabel:text-is('Run All Cells'))")
@@ -122,6 +122,11 @@ def drive(page, base: str, token: str) -> None:
             break
         except Exception:
             assert attempt < 4, "Run All Cells never started"
+
+
+def drive(page, base: str, token: str) -> None:
+    page.goto(f"{base}/lab/tree/notebooks/quickstart.ipynb?token={token}")
+    run_all_cells(page)
 
     # The chat panel's answer carries one box, drawn over the image where the model put it.
     page.wait_for_selector(".wb-chat .wb-chat-answer.wb-chat-done", timeout=240_000)

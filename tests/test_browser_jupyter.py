@@ -15,7 +15,7 @@ import mlflow
 import pytest
 
 from conftest import REPO
-from test_browser import SHOTS, chromium_page, running_lab
+from test_browser import SHOTS, chromium_page, run_all_cells, running_lab
 from workbench import tracing
 
 pytestmark = pytest.mark.slow
@@ -91,16 +91,8 @@ def test_tiles_mlflow_tab_workbench_notebook_and_ab_chat(lab_on_store, page, fin
     page.set_viewport_size({"width": 1400, "height": 1100})
     page.wait_for_selector(".lm-TabBar-tab:has-text('InternVL Workbench.ipynb')", timeout=90_000)
     assert os.path.exists(os.path.join(root, "InternVL Workbench.ipynb"))
-    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
-    page.wait_for_selector(".jp-StatusBar-TextItem:has-text('| Idle')", timeout=90_000)
-    for attempt in range(5):
-        page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-        page.click("li.lm-Menu-item:has(.lm-Menu-itemLabel:text-is('Run All Cells'))")
-        try:
-            page.wait_for_selector(".wb-app", timeout=20_000)
-            break
-        except Exception:
-            assert attempt < 4, "Run All Cells never showed the app"
+    run_all_cells(page)
+    page.wait_for_selector(".wb-app", timeout=120_000)
 
     # 4. A/B chat in the Compare tab: the base model against the fine-tune's final adapter.
     tracing.enable()  # the kernel shares the test home: its chat turns are traced from now on

@@ -7,7 +7,7 @@
     %wb_jobs [JOB]          the jobs panel (JOB selected), or every job in one table with --list
     %wb_compare             the checkpoint comparison panel (A/B chat)
 
-Each magic returns its panel (or the answer), so ``panel = %wb_chat`` keeps a handle.
+The panel magics return their panel, so ``panel = %wb_chat`` keeps a handle.
 """
 
 from __future__ import annotations
