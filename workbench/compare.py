@@ -10,6 +10,7 @@ side is then loaded on its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -132,20 +133,22 @@ class AdapterView:
         self._adapter = adapter
 
     def generate(self, **kwargs):
-        with self._lock:
-            if self._adapter is None:
-                with self._peft.disable_adapter():
-                    return self._peft.generate(**kwargs)
-            self._peft.set_adapter(self._adapter)
+        with self._switched():
             return self._peft.generate(**kwargs)
 
     def __call__(self, **kwargs):
+        with self._switched():
+            return self._peft(**kwargs)
+
+    @contextlib.contextmanager
+    def _switched(self):
         with self._lock:
             if self._adapter is None:
                 with self._peft.disable_adapter():
-                    return self._peft(**kwargs)
-            self._peft.set_adapter(self._adapter)
-            return self._peft(**kwargs)
+                    yield
+            else:
+                self._peft.set_adapter(self._adapter)
+                yield
 
     def __getattr__(self, name):
         return getattr(self._peft, name)
@@ -190,30 +193,23 @@ def load_pair(a: Checkpoint | str, b: Checkpoint, *, name: str | None = None) ->
 
     if not isinstance(b, Checkpoint):
         raise UserInputError("B must be a checkpoint (A may be the base model).")
-    if a == BASE and b.kind != "adapter":
-        a = None  # base vs a full fine-tune: two whole models
-        base_model = b.base
-    if isinstance(a, Checkpoint) and (a.kind != "adapter" or b.kind != "adapter" or a.base != b.base):
-        # different bases or whole models: each side its own session
-        first = sessions.load(_model_of(a), adapter=_adapter_of(a), name=f"{name}-A")
+    base_side = a == BASE
+    if b.kind != "adapter" or not (base_side or (a.kind == "adapter" and a.base == b.base)):
+        # a full fine-tune, or adapters of different bases: each side is a session of its own
+        first = sessions.load(b.base if base_side else _model_of(a), adapter=None if base_side else _adapter_of(a),
+                              name=f"{name}-A")
         second = sessions.load(_model_of(b), adapter=_adapter_of(b), name=f"{name}-B")
-        total = sum(_count(s.model) for s in (first, second))
+        total = _count(first.model) + _count(second.model)
         return Pair(first, second, False, [first.name, second.name], total, 0)
-    if a is None:
-        first = sessions.load(base_model, name=f"{name}-A")
-        second = sessions.load(b.path, name=f"{name}-B")
-        return Pair(first, second, False, [first.name, second.name], _count(first.model) + _count(second.model), 0)
 
     base = sessions.load(b.base, name=f"{name}-base")
     base_parameters = _count(base.model)
     peft = PeftModel.from_pretrained(base.model, str(b.path), adapter_name="B").eval()
-    if isinstance(a, Checkpoint):
+    if not base_side:
         peft.load_adapter(str(a.path), adapter_name="A")
-    adapter_parameters = _count(peft) - base_parameters
-    if isinstance(a, Checkpoint):
-        adapter_parameters //= 2
-    side_a = _view(base, AdapterView(peft, "A" if isinstance(a, Checkpoint) else None), f"{name}-A",
-                   str(a.path) if isinstance(a, Checkpoint) else None)
+    adapter_parameters = (_count(peft) - base_parameters) // (1 if base_side else 2)
+    side_a = _view(base, AdapterView(peft, None if base_side else "A"), f"{name}-A",
+                   None if base_side else str(a.path))
     side_b = _view(base, AdapterView(peft, "B"), f"{name}-B", str(b.path))
     return Pair(side_a, side_b, True, [base.name], base_parameters, adapter_parameters)
 
