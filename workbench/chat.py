@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from PIL import Image
 
-from . import grounding, media
+from . import decode, grounding, media
 from .errors import ConversationError, UserInputError
 from .paths import subdir
 from .session import run_in_generation_thread
@@ -209,6 +209,8 @@ class Conversation:
         if images:
             kwargs["images"] = images
             kwargs["max_patches"] = self.max_tiles
+            if self.session.input_device.type == "cuda":  # resize and normalise the tiles on the GPU
+                kwargs["device"] = self.session.input_device
         if videos:
             kwargs["videos"] = videos
         inputs = processor(text=[prompt], return_tensors="pt", **kwargs)
@@ -245,17 +247,24 @@ class Conversation:
 
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=False)
         s = turn.settings
-        gen = dict(inputs, streamer=streamer, stopping_criteria=StoppingCriteriaList([_UntilStopped()]),
-                   max_new_tokens=s.max_new_tokens, repetition_penalty=s.repetition_penalty,
-                   eos_token_id=_stop_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
-        gen.update(dict(do_sample=True, temperature=s.temperature, top_p=s.top_p) if s.temperature > 0 else dict(do_sample=False))
-        gen.update(_fast_decode_kwargs(self.session))
+        sampling = dict(do_sample=True, temperature=s.temperature, top_p=s.top_p) if s.temperature > 0 else dict(do_sample=False)
+        decoder = decode.for_session(self.session)
         result: dict = {}
 
         def work():
             try:
                 if s.seed is not None:
                     torch.manual_seed(s.seed)
+                if decoder is not None:
+                    streamer.put(inputs["input_ids"][0])  # skipped as the prompt, as generate does
+                    result["ids"] = decoder.generate(inputs, max_new_tokens=s.max_new_tokens, stop_ids=_stop_ids(tokenizer),
+                                                     stop_event=stop_event, on_token=lambda t: streamer.put(t[0]),
+                                                     repetition_penalty=s.repetition_penalty, **sampling)
+                    streamer.end()
+                    return
+                gen = dict(inputs, streamer=streamer, stopping_criteria=StoppingCriteriaList([_UntilStopped()]),
+                           max_new_tokens=s.max_new_tokens, repetition_penalty=s.repetition_penalty,
+                           eos_token_id=_stop_ids(tokenizer), pad_token_id=tokenizer.pad_token_id, **sampling)
                 with torch.inference_mode():
                     result["ids"] = self.session.model.generate(**gen)
             except BaseException as exc:  # surfaced in the caller's thread below
@@ -344,10 +353,3 @@ def _stop_ids(tokenizer) -> list[int]:
 def _stop_strings(tokenizer) -> list[str]:
     return [tokenizer.convert_ids_to_tokens(i) for i in _stop_ids(tokenizer)] + (
         [tokenizer.pad_token] if tokenizer.pad_token else [])
-
-
-def _fast_decode_kwargs(session) -> dict:
-    """On a GPU, decode with a static KV cache (transformers compiles the decode step); see bench/."""
-    if session.input_device.type == "cuda" and session.plan is None and not session.adapter:
-        return {"cache_implementation": "static"}
-    return {}

@@ -60,6 +60,7 @@ class Session:
     plan: placement.Plan | None = None
     adapter: str | None = None
     info: dict = field(default_factory=dict)
+    decoder: object = field(default=None, repr=False)  # workbench.decode.GraphDecoder, made on first chat
 
     @property
     def tokenizer(self):

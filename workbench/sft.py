@@ -17,7 +17,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import data
+from . import data, packing
 from .errors import UserInputError
 from .sft_config import SFTConfig
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
 
 def _setup(cfg: SFTConfig, where, spec, train_samples, val_samples, tracking, gpus):
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
+    from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments
 
     from .paths import subdir
     from .session import _download
@@ -98,7 +98,11 @@ def _setup(cfg: SFTConfig, where, spec, train_samples, val_samples, tracking, gp
                                                            bnb_4bit_quant_type="nf4")
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     processor = AutoProcessor.from_pretrained(path)
+    if cfg.packing:
+        packing.use_packed_attention(model)
     model = _trainable(model, cfg)
+    if cfg.compile:
+        packing.compile_layers(model)
     max_tiles = cfg.max_tiles or (spec.max_tiles if spec else int(getattr(processor.image_processor, "max_patches", 12)))
     system = spec.system_prompt if spec else None
     train_set = SFTDataset(train_samples, processor, cfg.max_length, max_tiles, system)
@@ -115,14 +119,33 @@ def _setup(cfg: SFTConfig, where, spec, train_samples, val_samples, tracking, gp
         fp16=dtype == torch.float16, gradient_checkpointing=cfg.gradient_checkpointing,
         deepspeed=_deepspeed(cfg), report_to=[], remove_unused_columns=False, dataloader_num_workers=cfg.num_workers,
         use_cpu=not gpus, disable_tqdm=True, save_only_model=False,
+        prediction_loss_only=True,  # evaluation needs the loss (and the tracker's own generations), not logits
     )
     Path(out).mkdir(parents=True, exist_ok=True)  # the settings travel with the checkpoints (infer --ckpt, merge)
     settings = {**cfg.to_dict(), "run_id": tracking.run_id}  # the run this fine-tune logs to (merge logs there too)
     (Path(out) / "workbench_sft.json").write_text(json.dumps(settings, indent=1))
-    collator = Collator(processor.tokenizer.pad_token_id)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set, data_collator=collator,
+    collator = (packing.PackingCollator if cfg.packing else Collator)(processor.tokenizer.pad_token_id)
+    trainer = _trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=val_set, data_collator=collator,
                       callbacks=tracking.callbacks(processor, val_samples, max_tiles, system, collator))
     return trainer, processor
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class SFTTrainer(Trainer):
+        """transformers' Trainer with the workbench's loss (head at answer positions only, see
+        workbench.packing). The loss is a mean over the micro-batch, so Trainer scales it for
+        gradient accumulation itself."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.model_accepts_loss_kwargs = False
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return packing.loss(model, inputs, return_outputs=return_outputs)
+
+    return SFTTrainer
 
 
 def _trainable(model, cfg: SFTConfig):

@@ -41,6 +41,12 @@ class SFTConfig:
     batch_size: int = 1
     grad_accum: int = 1
     gradient_checkpointing: bool = False
+    # Each step's samples end to end in one sequence, no attention across them (workbench.packing):
+    # no padding, and far fewer, larger kernels than one sample at a time. Off: padded batches.
+    packing: bool = True
+    # torch.compile each language-model layer (workbench.packing.compile_layers): fewer, fused kernels
+    # and much less host work per step; the first step pays the compile (about a minute on a GPU).
+    compile: bool = False
     num_workers: int = 0  # data loader processes encoding samples (images → tiles) beside training
     deepspeed: str | None = None  # zero2, zero3 or a JSON config path
     # bf16 on a GPU that has it, else fp32. "bf16-mixed" keeps fp32 weights and optimizer state and

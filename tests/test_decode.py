@@ -1,0 +1,71 @@
+"""The batch-1 decode loop (workbench.decode) against transformers' generate, on the tiny model.
+On a CPU the loop runs its step eagerly; the CUDA-graph capture is exercised by bench/perf.py."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from PIL import Image
+
+from workbench import decode
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny):
+    conv = tiny.chat(log=False)
+    turn = conv._prepare("<image>Describe the image.", [Image.new("RGB", (900, 600), "teal")], [], conv.settings)
+    return conv._inputs(turn)
+
+
+def test_greedy_matches_generate_across_turns(tiny, inputs):
+    dec = decode.GraphDecoder(tiny.model)
+    assert dec.mode == "eager"
+    want = tiny.model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    seen = []
+    for _ in range(2):  # the second turn reuses (resets) the same cache
+        seen.clear()
+        got = dec.generate(inputs, max_new_tokens=12, stop_ids=[], stop_event=threading.Event(),
+                           on_token=lambda t: seen.append(int(t)))
+        assert got.tolist() == want.tolist()
+    assert seen == want[0, inputs["input_ids"].shape[1]:].tolist()
+    need = inputs["input_ids"].shape[1] + 12
+    assert dec.capacity % decode.CAPACITY_STEP == 0 and need <= dec.capacity < need + decode.CAPACITY_STEP
+
+
+def test_stops_at_stop_id_and_on_request(tiny, inputs):
+    dec = decode.GraphDecoder(tiny.model)
+    n = inputs["input_ids"].shape[1]
+    free = dec.generate(inputs, max_new_tokens=6, stop_ids=[], stop_event=threading.Event(), on_token=lambda t: None)
+    third = int(free[0, n + 2])
+    stopped = dec.generate(inputs, max_new_tokens=6, stop_ids=[third], stop_event=threading.Event(), on_token=lambda t: None)
+    assert stopped.tolist() == free[:, : n + 3].tolist()  # the stop token is kept, nothing after it
+    event = threading.Event()
+    event.set()
+    once = dec.generate(inputs, max_new_tokens=6, stop_ids=[], stop_event=event, on_token=lambda t: None)
+    assert once.shape[1] == n + 1
+
+
+def test_sampling_and_penalty_follow_the_seed(tiny, inputs):
+    dec = decode.GraphDecoder(tiny.model)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        runs.append(dec.generate(inputs, max_new_tokens=8, stop_ids=[], stop_event=threading.Event(), on_token=lambda t: None,
+                                 do_sample=True, temperature=0.9, top_p=0.8, repetition_penalty=1.3).tolist())
+    assert runs[0] == runs[1]
+    assert len(runs[0][0]) == inputs["input_ids"].shape[1] + 8
+
+
+def test_growing_the_cache(tiny, inputs):
+    dec = decode.GraphDecoder(tiny.model)
+    dec.generate(inputs, max_new_tokens=2, stop_ids=[], stop_event=threading.Event(), on_token=lambda t: None)
+    first = dec.capacity
+    long = dec.generate(inputs, max_new_tokens=first, stop_ids=[], stop_event=threading.Event(), on_token=lambda t: None)
+    assert dec.capacity > first and dec.capacity >= inputs["input_ids"].shape[1] + first
+    assert long.shape[1] == inputs["input_ids"].shape[1] + first
+
+
+def test_only_single_gpu_sessions_use_it(tiny):
+    assert decode.for_session(tiny) is None  # a CPU session generates with transformers' generate

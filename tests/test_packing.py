@@ -1,0 +1,102 @@
+"""Packed training steps (workbench.packing) against transformers' own loss, on the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench import data, packing, sft
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_dir):
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(tiny_dir)
+    samples = data.load([EXAMPLES / "shapes-grounding.jsonl"])[:6]
+    enc = [data.encode(s, proc, max_length=4096, max_tiles=2) for s in samples]
+    assert len({len(e.input_ids) for e in enc}) > 1  # unequal lengths: padding vs packing differ
+    return enc
+
+
+def fresh_model(tiny_dir):
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(0)
+    return AutoModelForImageTextToText.from_pretrained(tiny_dir, dtype=torch.float32)
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_packed_step_equals_padded_batch(tiny_dir, encoded):
+    model = fresh_model(tiny_dir)
+    batch = sft.Collator(0)(encoded[:3])
+    ref = model(**batch).loss  # transformers' loss over full logits, padded batch
+    ref.backward()
+    want = grads(model)
+    model.zero_grad()
+    packing.use_packed_attention(model)
+    value = packing.loss(model, packing.PackingCollator(0)(encoded[:3]))
+    value.backward()
+    got = grads(model)
+    assert value.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
+    # the vision tower keeps its own (non-causal) attention
+    assert model.config.vision_config._attn_implementation != packing.PACKED_ATTENTION
+
+
+def test_samples_do_not_see_each_other(tiny_dir, encoded):
+    model = fresh_model(tiny_dir)
+    packing.use_packed_attention(model)
+    alone = packing.loss(model, packing.PackingCollator(0)(encoded[1:2])).item()
+    first = packing.PackingCollator(0)(encoded[0:2])
+    # the same second sample after another one: its own loss is unchanged
+    n0 = len(encoded[0].input_ids)
+    labels = first["labels"].clone()
+    labels[0, :n0] = -100
+    with_neighbour = packing.loss(model, {**first, "labels": labels}).item()
+    assert with_neighbour == pytest.approx(alone, rel=1e-5)
+
+
+def test_collator_layout(encoded):
+    batch = packing.PackingCollator(0)(encoded[:2])
+    n0, n1 = len(encoded[0].input_ids), len(encoded[1].input_ids)
+    assert batch["input_ids"].shape == (1, n0 + n1)
+    assert batch["packed_bounds"] == (0, n0, n0 + n1)
+    assert batch["position_ids"][0, n0].item() == 0 and batch["position_ids"][0, -1].item() == n1 - 1
+    assert batch["labels"][0, 0].item() == -100 and batch["labels"][0, n0].item() == -100
+    assert batch["pixel_values"].shape[0] == encoded[0].pixel_values.shape[0] + encoded[1].pixel_values.shape[0]
+
+
+def test_answer_positions_are_before_labels():
+    labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, 5, -100, -100, -100]])
+    assert packing.answer_positions(labels).tolist() == [0, 1, 2]
+
+
+def test_saved_checkpoints_do_not_name_the_packed_attention(tiny_dir, tmp_path):
+    model = fresh_model(tiny_dir)
+    packing.use_packed_attention(model)
+    model.save_pretrained(tmp_path)
+    assert packing.PACKED_ATTENTION not in (tmp_path / "config.json").read_text()
+
+
+@pytest.mark.slow
+def test_compiled_layers_give_the_same_loss_for_any_length(tiny_dir, encoded):
+    from workbench.sft_config import SFTConfig
+
+    model = fresh_model(tiny_dir)
+    packing.use_packed_attention(model)
+    model = sft._trainable(model, SFTConfig.from_yaml(EXAMPLES.parent / "recipes" / "demo-lora.yaml", {"dataset": ["x"]}))
+    a, b = packing.PackingCollator(0)(encoded[:3]), packing.PackingCollator(0)(encoded[3:])
+    eager = [packing.loss(model, a).item(), packing.loss(model, b).item()]
+    assert packing.compile_layers(model) == model.config.text_config.num_hidden_layers
+    compiled = [packing.loss(model, a).item(), packing.loss(model, b).item()]  # two lengths, one compile
+    assert compiled == pytest.approx(eager, rel=1e-4)
