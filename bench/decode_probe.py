@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,8 +24,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import workbench  # noqa: E402
 from workbench import decode  # noqa: E402
-from workbench.architectures import build_config  # noqa: E402
-from workbench.tiny import ensure_built  # noqa: E402
+from chat_model import save_random_chat_model  # noqa: E402  (bench/, beside this file)
 
 
 def host_timed(fn, n):
@@ -39,22 +37,8 @@ def host_timed(fn, n):
 
 
 def main(out: str) -> None:
-    from transformers import AutoProcessor, InternVLForConditionalGeneration
-
     res: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
-    proc = AutoProcessor.from_pretrained(ensure_built())
-    tok = proc.tokenizer
-    cfg = build_config("internvl2-2b", image_token_id=tok.context_image_token_id, eos_token_id=tok.eos_token_id,
-                       pad_token_id=tok.pad_token_id)
-    work = Path(tempfile.mkdtemp())
-    with torch.device("cuda"):
-        model = InternVLForConditionalGeneration(cfg).to(torch.bfloat16)
-    with torch.no_grad():
-        model.lm_head.weight[len(tok):] = 0
-        model.lm_head.weight[[tok.eos_token_id, tok.pad_token_id]] = 0
-    model.save_pretrained(work)
-    proc.save_pretrained(work)
-    del model
+    work = save_random_chat_model()
     s = workbench.load(work, name="probe")
     img = Image.new("RGB", (1344, 896), "red")
     conv = s.chat(log=False, trace=False)

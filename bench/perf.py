@@ -233,26 +233,12 @@ def data_rate(results: dict, save) -> None:
 def chat(results: dict, save, quick: bool) -> None:
     """InternVL2-2B shape: the session's chat (end to end) against generate with the dynamic cache."""
     from PIL import Image
-    from transformers import AutoProcessor, InternVLForConditionalGeneration
 
     import workbench
+    from chat_model import save_random_chat_model
     from workbench import decode
-    from workbench.tiny import ensure_built
 
-    proc = AutoProcessor.from_pretrained(ensure_built())
-    tok = proc.tokenizer
-    cfg = build_config("internvl2-2b", image_token_id=tok.context_image_token_id, eos_token_id=tok.eos_token_id,
-                       pad_token_id=tok.pad_token_id)
-    work = Path(tempfile.mkdtemp())
-    with torch.device("cuda"):
-        model = InternVLForConditionalGeneration(cfg).to(torch.bfloat16)
-    with torch.no_grad():  # the tiny tokenizer stands in: only its printable ids can win, and never eos
-        model.lm_head.weight[len(tok):] = 0
-        model.lm_head.weight[[tok.eos_token_id, tok.pad_token_id]] = 0
-    model.save_pretrained(work)
-    proc.save_pretrained(work)
-    del model
-    torch.cuda.empty_cache()
+    work = save_random_chat_model()
     out = results.setdefault("chat", {"model": "internvl2-2b shape", "new_tokens": 128})
     images = {1: Image.new("RGB", (448, 448), "red"), 7: Image.new("RGB", (1344, 896), "red")}
     for budget in ([None] if quick else [None, "12GB"]):
