@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,8 +20,6 @@ import torch
 from PIL import Image
 
 import workbench
-from workbench.architectures import build_config
-from workbench.tiny import ensure_built
 
 
 def timed_ask(conv, text, images, n):
@@ -65,25 +62,9 @@ def main(out_path: str) -> None:
     planned.unload()
 
     # 2. InternVL2-2B shape, random init, through workbench.load
-    from transformers import AutoProcessor, InternVLForConditionalGeneration
+    from chat_model import save_random_chat_model  # bench/, beside this file
 
-    tiny_dir = ensure_built()
-    proc = AutoProcessor.from_pretrained(tiny_dir)
-    tok = proc.tokenizer
-    cfg = build_config("internvl2-2b", image_token_id=tok.context_image_token_id,
-                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    work = Path(tempfile.mkdtemp())
-    with torch.device("cuda"):
-        model = InternVLForConditionalGeneration(cfg).to(torch.bfloat16)
-    # The tiny tokenizer (596 tokens) stands in for InternLM2's: zero the head rows it cannot
-    # decode, and eos/pad, so greedy decoding emits printable tokens for the whole answer.
-    with torch.no_grad():
-        model.lm_head.weight[len(tok):] = 0
-        model.lm_head.weight[[tok.eos_token_id, tok.pad_token_id]] = 0
-    model.save_pretrained(work)
-    proc.save_pretrained(work)
-    del model
-    torch.cuda.empty_cache()
+    work = save_random_chat_model()
     s = workbench.load(work, name="2b")
     res["2b_load_mem_gib"] = torch.cuda.memory_allocated() / 2**30
     for label in ("first", "second", "third"):
