@@ -135,20 +135,22 @@ def drive(page, base: str, token: str) -> None:
     box = overlay.query_selector(".wb-box")
     assert len(overlay.query_selector_all(".wb-box")) == 1
     assert box.get_attribute("data-label") == "the red circle"
-    img = overlay.query_selector("img").bounding_box()
-    got = box.bounding_box()
-    x1, y1, x2, y2 = (v / 1000 for v in (125, 250, 375, 583))
+    # Both rectangles in one snapshot: the page may scroll between two separate reads while the
+    # notebook's later cells are still adding output.
+    img, got = overlay.evaluate("""el => [el.querySelector('img'), el.querySelector('.wb-box')].map(n => {
+        const r = n.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; })""")
+    x1, y1, x2, y2 = (v / 1000 for v in (134, 268, 377, 513))
     assert near(got["x"], img["x"] + x1 * img["width"]) and near(got["y"], img["y"] + y1 * img["height"])
     assert near(got["x"] + got["width"], img["x"] + x2 * img["width"])
     assert near(got["y"] + got["height"], img["y"] + y2 * img["height"])
     assert img["width"] > 300, "the overlay is scaled to the panel, not a thumbnail"
     answer = page.query_selector(".wb-chat .wb-chat-answer.wb-chat-done").inner_text()
-    assert "the red circle" in answer and "[[125, 250, 375, 583]]" in answer
+    assert "the red circle" in answer and "[[134, 268, 377, 513]]" in answer
 
     # Hover reads the box out in pixels and 0–1000 (computed by the kernel); the legend hides it.
     box.hover()
     readout = overlay.query_selector(".wb-overlay-readout")
-    page.wait_for_function("el => el.textContent.includes('pixels [80, 120, 240, 280]')", arg=readout)
+    page.wait_for_function("el => el.textContent.includes('pixels [60, 120, 169, 230]')", arg=readout)
     overlay.scroll_into_view_if_needed()
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(OVERLAY_SHOT))

@@ -174,10 +174,10 @@ def test_grounded_answers_keep_ref_and_box(demo_dir):
     session = workbench.load(demo_dir, name="demo-chat")
     try:
         conv = session.chat(log=False)
-        answer = "".join(conv.stream("<image>\n" + QUESTION, [EXAMPLE], max_new_tokens=40))
+        answer = "".join(conv.stream("<image>" + QUESTION, [EXAMPLE], max_new_tokens=40))
         assert answer == ANSWER
         refs = conv.turns[-1].grounding.refs
-        assert [(r.label, r.boxes) for r in refs] == [("the red circle", [(125, 250, 375, 583)])]
+        assert [(r.label, r.boxes) for r in refs] == [("the red circle", [(127, 250, 444, 585)])]
         assert conv.image_for().size == (640, 480)
     finally:
         session.unload()

@@ -19,20 +19,20 @@ def run(*args, stdin=None, timeout=240):
 def test_one_shot_answer_on_the_default_model(demo_dir):
     out = run("infer", "--query", "<image>Describe the image.", "--images", str(EXAMPLE), "--max-new-tokens", "40")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().startswith("The image shows a red circle")
+    assert out.stdout.strip() == "There are three shapes: a red circle, a green triangle and a blue square."
 
 
 def test_stream_and_draw_boxes(demo_dir, tmp_path):
     png = tmp_path / "boxes.png"
-    out = run("infer", "--model", str(demo_dir), "--query", "<image>\n" + QUESTION, "--images", str(EXAMPLE),
+    out = run("infer", "--model", str(demo_dir), "--query", "<image>" + QUESTION, "--images", str(EXAMPLE),
               "--stream", "--max-new-tokens", "40", "--draw-boxes", str(png))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ANSWER
     assert "1 box(es) drawn" in out.stderr
     drawn = Image.open(png).convert("RGB")
     assert drawn.size == (640, 480)
-    # The box [125, 250, 375, 583] in 0–1000 is x 80..240, y 120..280 in pixels: its left edge is drawn.
-    assert drawn.getpixel((80, 200)) == (230, 25, 75) != Image.open(EXAMPLE).convert("RGB").getpixel((80, 200))
+    # The box [127, 250, 444, 585] in 0–1000 is x 81..284, y 120..281 in pixels: its left edge is drawn.
+    assert drawn.getpixel((81, 200)) == (230, 25, 75) != Image.open(EXAMPLE).convert("RGB").getpixel((81, 200))
 
 
 def test_interactive_session(demo_dir):

@@ -138,6 +138,41 @@ def test_cancel_keeps_checkpoint_and_resume_continues(dataset, demo_dir, mlflow_
     assert rest(mlflow_server, "runs/get", run_id=job.run_id)["run"]["info"]["status"] == "FINISHED"
 
 
+def test_two_processes_log_once_and_resume_on_one(dataset, demo_dir, mlflow_server):
+    """Data parallel on the CPU: two processes over gloo (the DDP path GPUs take over NCCL). Only
+    rank 0 records (no step twice in MLflow); the checkpoint resumes on one process."""
+    job = jobs.launch(REPO / "recipes" / "demo-lora.yaml", dataset=[str(dataset / "train.jsonl")],
+                      max_steps=16, save_steps=4, processes=2, register_as="test-ddp")
+    cmd = job.record["command"]
+    assert "--multi_gpu" in cmd and cmd[cmd.index("--num_processes") + 1] == "2"
+    wait_for(lambda: job.checkpoints() or job.state not in ("starting", "running"), 600, "a checkpoint")
+    assert job.state == "running", job.log_tail()
+    job.cancel()
+    assert job.state == "killed"
+    first = metric_steps(mlflow_server, job.run_id, "loss")
+    assert first and len(first) == len(set(first)), "rank 1 logs nothing"
+    tags = {t["key"]: t["value"] for t in rest(mlflow_server, "runs/get", run_id=job.run_id)["run"]["data"]["tags"]}
+    assert tags["workbench.processes"] == "2"
+    samples = rest(mlflow_server, "metrics/get-history", run_id=job.run_id, metric_key="samples_per_s")["metrics"]
+    assert samples and all(m["value"] > 0 for m in samples)
+
+    with pytest.raises(UserInputError, match="processes must be"):
+        job.resume(processes=-1)
+    job.resume(processes=1)
+    assert job.wait(900) == "finished", job.log_tail()
+    assert job.record["command"][job.record["command"].index("--num_processes") + 1] == "1"
+    steps = metric_steps(mlflow_server, job.run_id, "loss")
+    assert sorted(steps) == list(range(1, 17)) and len(steps) == len(set(steps)), "no step logged twice"
+    run = rest(mlflow_server, "runs/get", run_id=job.run_id)["run"]
+    assert run["info"]["status"] == "FINISHED"
+    assert {t["key"]: t["value"] for t in run["data"]["tags"]}["workbench.processes"] == "1"
+    import mlflow
+
+    found = mlflow.MlflowClient(mlflow_server.uri).search_runs([run["info"]["experiment_id"]],
+                                                                f"tags.`workbench.job` = '{job.id}'")
+    assert len(found) == 1, "one MLflow run for the job, across both process counts"
+
+
 def test_crash_marks_the_run_failed_with_the_error(dataset, demo_dir, mlflow_server, tmp_path):
     rows = [{"query": "What is this?", "response": "A shape.", "images": ["http://127.0.0.1:9/gone.png"]}]
     (tmp_path / "crash.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")

@@ -24,7 +24,7 @@ def test_magics_chat_ask_jobs_and_compare(demo_dir, tmp_path):
         "%load_ext workbench",
         "%%wb_ask\nWhere is the red circle?",  # nothing loaded yet: a message
         "panel = %wb_chat demo\ntype(panel).__name__, panel._wanted.name",
-        f"%%wb_ask\n<img>{EXAMPLE}</img> {QUESTION}",
+        f"%%wb_ask\n<img>{EXAMPLE}</img>{QUESTION}",
         "%%wb_ask\nDescribe the image.",  # the same conversation goes on
         "import workbench.magics as M\nconv = next(iter(get_ipython().magics_manager.registry['WorkbenchMagics'].conversations.values()))\nlen(conv.turns)",
         "%wb_jobs no-such-job",

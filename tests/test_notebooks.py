@@ -21,7 +21,9 @@ def test_quickstart_runs_top_to_bottom(demo_dir):
     assert not errors, errors
     text = "\n".join(outputs_text(c) for c in code)
     assert "Session('demo'" in text
-    assert ANSWER in text and "Ref(label='the red circle', boxes=[(125.0, 250.0, 375.0, 583.0)])" in text
+    # the demo model on examples/demo-shapes.png: the red circle's box (IoU 0.99 with the truth)
+    assert "<ref>the red circle</ref><box>[[134, 268, 377, 513]]</box>" in text
+    assert "Ref(label='the red circle', boxes=[(134.0, 268.0, 377.0, 513.0)])" in text
     # The chat panel, the overlay and the app are widgets in the saved outputs.
     def shows_widget(cell):
         return any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in cell.outputs)

@@ -62,3 +62,18 @@ def test_new_concept_data_always_shows_the_new_colour(tmp_path):
     cfg = SyntheticConfig(samples=30, seed=5, require="pink", questions={"find": 1.0})
     rows = [json.loads(l) for l in synthetic.generate(tmp_path, cfg).read_text().splitlines()]
     assert all(any(s["colour"] == "pink" for s in r["shapes"]) for r in rows)
+
+
+def test_hard_cases_pair_each_target_kind_with_another_colour_and_leave_the_plain_mix_alone(tmp_path):
+    plain = synthetic.generate(tmp_path / "a", SyntheticConfig(samples=60, seed=5), split="x", kind="find")
+    again = synthetic.generate(tmp_path / "b", SyntheticConfig(samples=60, seed=5, hard=0.0), split="x", kind="find")
+    assert plain.read_text() == again.read_text(), "hard=0 draws nothing extra: held-out sets stay as they were"
+    hard = synthetic.generate(tmp_path / "c", SyntheticConfig(samples=200, seed=5, hard=1.0), split="x")
+    rows = [json.loads(line) for line in hard.read_text().splitlines()]
+    multi = [r["shapes"] for r in rows if len(r["shapes"]) >= 2]
+    assert multi
+    for shapes in multi:
+        first = shapes[0]
+        assert any(s["kind"] == first["kind"] and s["colour"] != first["colour"] for s in shapes[1:]), shapes
+        if len(shapes) >= 3:
+            assert any(s["colour"] == first["colour"] and s["kind"] != first["kind"] for s in shapes[1:]), shapes

@@ -30,7 +30,7 @@ def test_each_turn_is_a_trace_with_question_images_answer_boxes_and_identity(dem
     image = span.inputs["images"][0]
     assert image.startswith("mlflow-attachment://") and "content_type=image%2Fjpeg" in image, image
     assert span.outputs["answer"] == ANSWER
-    assert span.outputs["boxes"] == [{"label": "the red circle", "boxes": [[125, 250, 375, 583]]}]
+    assert span.outputs["boxes"] == [{"label": "the red circle", "boxes": [[127, 250, 444, 585]]}]
     attrs = span.attributes
     assert attrs["model"] == "demo" and attrs["adapter"] == "" and attrs["answer_tokens"] > 0
     assert attrs["prompt_tokens"] > 256 and 0 < attrs["latency_s"] and attrs["first_token_s"] <= attrs["latency_s"]

@@ -11,7 +11,7 @@ from PIL import Image
 
 import workbench
 from conftest import ANSWER, EXAMPLE, QUESTION
-from workbench import ui
+from workbench import grounding, ui
 from workbench.ui import chat as chat_ui
 from workbench.ui.overlay_panel import DISPLAY_MAX, PREDICTION_COLOR, TRUTH_COLOR
 
@@ -83,7 +83,7 @@ def test_huge_image_is_downscaled_for_display_only():
 def test_markdown_is_escaped_and_refs_highlighted():
     out = chat_ui.to_html("**hi** <script>x</script> " + ANSWER)
     assert "<strong>hi</strong>" in out and "<script>" not in out and "&lt;script&gt;" in out
-    assert '<span class="wb-ref"' in out and ">the red circle</span>" in out and "[[125, 250, 375, 583]]" in out
+    assert '<span class="wb-ref"' in out and ">the red circle</span>" in out and "[[127, 250, 444, 585]]" in out
 
 
 # -- chat panel ------------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def test_send_streams_an_answer_with_an_overlay(demo):
     assert panel.input.value == "" and panel.attachments == [], "sent text and images are cleared"
     view = panel.messages.children[-1]
     question, answer, overlay = view.children
-    assert "Where is the red circle?" in question.children[0].value and len(question.children[1].children) == 1
+    assert "region this sentence describes" in question.children[0].value and len(question.children[1].children) == 1
     assert "the red circle</span>" in answer.value and "wb-chat-done" in answer._dom_classes
     assert [b["label"] for b in overlay.boxes] == ["the red circle"] and (overlay.width, overlay.height) == (640, 480)
 
@@ -119,7 +119,7 @@ def test_stop_keeps_the_partial_answer(tiny):
 
 def test_undo_regenerate_clear(demo):
     panel = ui.ChatPanel(demo)
-    panel.send("Find the blue square.", images=[EXAMPLE])
+    panel.send(grounding.question("the blue square"), images=[EXAMPLE])
     panel.wait(60)
     panel.send("Describe the image.")
     panel.wait(60)

@@ -33,6 +33,9 @@ class ModelSpec:
     video: bool  # True: the family was trained with video frames
     arch: str | None = None  # a key of workbench.architectures.ARCHS (None: read from the checkpoint)
     quantized: str | None = None  # "int8": weights stored 8-bit (bitsandbytes)
+    # What follows a lone image before the question when the user gives no <image> tag: InternVL's
+    # chat code writes "<image>\n"; the demo model was trained on "<image>question" (synthetic data).
+    image_sep: str = "\n"
 
 
 def _orig(name, hub, family, llm, template, system, *, multi_turn, tiles, video, arch, quantized=None):
@@ -45,8 +48,8 @@ def _hf(name, hub, family, llm, *, tiles, arch=None):
 
 _SPECS = [
     ModelSpec("tiny", None, "tiny", "native", "qwen2", "internvl2_5", None, True, 6, True, "tiny"),
-    # The tiny model trained to ground the example image (workbench.demo); one tile per image.
-    ModelSpec("demo", None, "tiny", "native", "qwen2", "internvl2_5", None, True, 1, True, "tiny"),
+    # The demo model (workbench.demo): trained on synthetic shapes to ground them; one tile per image.
+    ModelSpec("demo", None, "tiny", "native", "qwen2", "internvl2_5", None, True, 1, True, None, image_sep=""),
     # InternVL 1.5: images in one turn only; 12 tiles.
     _orig("internvl-chat-v1_5", "OpenGVLab/InternVL-Chat-V1-5", "internvl-chat-v1_5", "internlm2", "internlm2-chat",
           INTERNVL2_SYSTEM, multi_turn=False, tiles=12, video=False, arch="internvl-chat-v1_5"),

@@ -172,7 +172,8 @@ class Conversation:
         for kind, value in order:
             sources.append(next(it) if kind == "tag" else value)
         if not n_tags and images:
-            prefix = "<IMG_CONTEXT>\n" if len(images) == 1 else "".join(
+            sep = spec.image_sep if spec is not None else "\n"
+            prefix = "<IMG_CONTEXT>" + sep if len(images) == 1 else "".join(
                 f"Image-{i + 1}: <IMG_CONTEXT>\n" for i in range(len(images)))
             rendered = prefix + rendered
             sources = list(images) + sources

@@ -1,14 +1,19 @@
-"""The offline demo model: the tiny InternVL taught, on this machine's CPU in about a minute, to
-answer questions about the example image that ships with the package (``assets/shapes.png``).
+"""The offline demo model: a small InternVL trained from scratch on synthetic shapes
+(:mod:`workbench.synthetic`) by the project's own recipe and background-job path, on a GPU, and
+committed in ``assets/demo-model`` (about 13 MB, bf16). It is the default model when none is named.
 
-It knows that one picture — where the red circle, the blue square and the green triangle are, and
-how to describe them — so a newcomer's first minute shows a real grounded answer and the box
-overlay with no download. It is not a general model: ask about another image and it answers as if
-it were this one. (The synthetic-data demo model of issue 6 replaces it.)
+It grounds coloured shapes — circles, squares, triangles and stars in six colours — on 448-px
+pictures of 1–4 shapes, asked the way its training data asks (InternVL's grounding prompt):
 
-Training is plain supervised fine-tuning of every weight on a fixed set of question/answer pairs,
-loss on the answers only, with a fixed seed; the result is cached in ``home()/models/demo-v0`` and
-written through a temporary folder, so a half-trained model is never picked up.
+- "Please provide the bounding box coordinate of the region this sentence describes:
+  <ref>the red circle</ref>" → ``<ref>the red circle</ref><box>[[x1, y1, x2, y2]]</box>``;
+- "Find all the circles." → one ref, several boxes;   "Describe the image." → the shapes, left to right;
+- "What is at <box>[[…]]</box>?" → the caption.
+
+It knows nothing else: it is there so a newcomer's first minute shows real grounding with no
+download, and so fine-tunes and checkpoint comparisons have a model worth comparing (the
+new-concept story below). Held-out scores, the lineage of its training stages and the commands
+that reproduce them: README ("The demo model") and bench/results/demo_train-*.json.
 """
 
 from __future__ import annotations
@@ -16,100 +21,44 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .paths import built_model
+from .errors import ModelNotFoundError
 
-DEMO_VERSION = "demo-v0"
-EXAMPLE_IMAGE = Path(__file__).with_name("assets") / "shapes.png"
-GROUNDING_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: "
-
-# The objects of assets/shapes.png (640x480) with their pixel boxes (x1, y1, x2, y2).
+COMMITTED = Path(__file__).with_name("assets") / "demo-model"
+EXAMPLE_IMAGE = Path(__file__).with_name("assets") / "demo-shapes.png"  # also examples/demo-shapes.png
+# The objects of assets/demo-shapes.png (448x448, drawn by workbench.synthetic) with their pixel boxes.
 OBJECTS = {
-    "the red circle": (80, 120, 240, 280),
-    "the blue square": (360, 200, 560, 400),
-    "the green triangle": (340, 40, 500, 170),
+    "the red circle": (60, 120, 170, 230),
+    "the blue square": (260, 250, 380, 370),
+    "the green triangle": (250, 50, 360, 160),
 }
-DESCRIPTION = "The image shows a red circle on the left, a green triangle at the top and a blue square on the right."
-
-
-def examples() -> list[tuple[str, str]]:
-    """(question, answer) pairs the demo model learns; every question is about EXAMPLE_IMAGE."""
-    from . import grounding
-
-    pairs = []
-    for label, box in OBJECTS.items():
-        answer = grounding.format_ref(label, [grounding.to_norm_1000(box, 640, 480)])
-        for question in (f"{GROUNDING_PROMPT}<ref>{label}</ref>", f"Where is {label}?", f"Find {label}.",
-                         f"<ref>{label}</ref>"):
-            pairs.append((question, answer))
-    for question in ("Describe the image.", "What is in the picture?"):
-        pairs.append((question, DESCRIPTION))
-    return pairs
-
-
-def build(dest: Path, *, steps: int = 400, seed: int = 0) -> Path:
-    """Train the demo model from the tiny model and write it (weights, processor) into ``dest``."""
-    import torch
-    from PIL import Image
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from .tiny import ensure_built
-
-    base = ensure_built()
-    processor = AutoProcessor.from_pretrained(base)
-    # One 448-px tile per image: the demo answers about a single picture, and one tile keeps CPU
-    # training and chat fast. Saved with the processor, so chat uses the same tiling.
-    processor.image_processor.max_patches = 1
-    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32)
-    image = Image.open(EXAMPLE_IMAGE).convert("RGB")
-
-    texts, prompt_lens = [], []
-    for question, answer in examples():
-        prompt = processor.apply_chat_template([{"role": "user", "content": "<IMG_CONTEXT>\n" + question}],
-                                               add_generation_prompt=True, tokenize=False)
-        texts.append(prompt + answer + "<|im_end|>")
-        prompt_lens.append(len(processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"][0]))
-    processor.tokenizer.padding_side = "right"
-    batch = processor(text=texts, images=[image] * len(texts), return_tensors="pt", padding=True)
-    labels = batch["input_ids"].clone()
-    labels[batch["attention_mask"] == 0] = -100
-    for row, n in enumerate(prompt_lens):
-        labels[row, :n] = -100  # loss on the answers (and their end marker) only
-
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
-    model.train()
-    for _ in range(steps):
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-    model.eval()
-    model.config._name_or_path = DEMO_VERSION
-    dest.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dest)
-    processor.save_pretrained(dest)
-    return dest
 
 
 def ensure_built() -> Path:
-    """The demo model's directory: the committed one trained on the GPU (``assets/demo-model``),
-    else the stop-gap model trained here on first use."""
-    if (COMMITTED / "model.safetensors").exists():
-        return COMMITTED
-    return built_model(DEMO_VERSION, build)
+    """The demo model's folder (committed with the package)."""
+    if not (COMMITTED / "model.safetensors").exists():
+        raise ModelNotFoundError(f"The demo model is missing from {COMMITTED}: reinstall the package, or "
+                                 "restore it with `git checkout -- workbench/assets/demo-model`.")
+    return COMMITTED
 
 
-# -- the synthetic-data demo model (issue 6) --------------------------------------------------------
+def example_image() -> Path:
+    """(Re)draw assets/demo-shapes.png from OBJECTS with the synthetic renderer (what the demo saw in training)."""
+    import random
+
+    from . import synthetic
+
+    shapes = [synthetic.Shape(caption.split()[-1], caption.split()[1], box, caption) for caption, box in OBJECTS.items()]
+    synthetic.render(shapes, random.Random(0), synthetic.SyntheticConfig(clutter=0.0)).save(EXAMPLE_IMAGE)
+    return EXAMPLE_IMAGE
+
+
+# -- reproducing it (GPU) ---------------------------------------------------------------------------
 #
-# Reproduce (GPU, ~10 min):  python -m workbench.demo train --out runs/demo
-# It writes the data (fixed seed), a random-init model of the "demo" architecture, launches the
-# demo-train recipe as a background job (tracked in MLflow), evaluates the result on the held-out
-# split and copies it to --out; `--install` copies it over assets/demo-model.
+#   python -m workbench.demo train --out runs/demo [--init FOLDER] [--hard 0.5] [--set key=value ...]
+# writes the data (fixed seed), a random-init model of the "demo" architecture (or starts from
+# --init), launches the demo-train recipe as a background job (tracked in MLflow) and evaluates the
+# result on the held-out split. `grow` deepens a trained model between stages.
 
-COMMITTED = Path(__file__).with_name("assets") / "demo-model"
 DATA_SEED = 2026
 TRAIN_SAMPLES = 40_000
 HELDOUT_FIND = 300  # find-one questions on 1-4 shapes (single- and multi-object scores)
@@ -117,14 +66,16 @@ HELDOUT_DESCRIBE = 100
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo-train.yaml"
 
 
-def make_data(folder: str | Path, *, seed: int = DATA_SEED, train: int = TRAIN_SAMPLES, workers: int = 1) -> dict:
-    """Training data, a small validation set and the held-out evaluation sets."""
+def make_data(folder: str | Path, *, seed: int = DATA_SEED, train: int = TRAIN_SAMPLES, workers: int = 1,
+              hard: float = 0.0) -> dict:
+    """Training data (``hard``: the share of hard multi-shape cases, see SyntheticConfig), a small
+    validation set and the held-out evaluation sets (always the plain mix)."""
     from . import synthetic
 
     folder = Path(folder)
     cfg = synthetic.SyntheticConfig
     return {
-        "train": synthetic.generate(folder, cfg(samples=train, seed=seed), split="train", workers=workers),
+        "train": synthetic.generate(folder, cfg(samples=train, seed=seed, hard=hard), split="train", workers=workers),
         "val": synthetic.generate(folder, cfg(samples=64, seed=seed), split="val", kind="find"),
         "heldout_find": synthetic.generate(folder, cfg(samples=HELDOUT_FIND, seed=seed), split="heldout-find",
                                            kind="find"),
@@ -156,6 +107,63 @@ def init_model(dest: str | Path, *, seed: int = 0) -> Path:
     return dest
 
 
+def grow(src: str | Path, dest: str | Path, *, text_layers: int, vision_layers: int, seed: int = 0) -> Path:
+    """A deeper copy of a trained demo model that answers exactly as it did: each added layer sits
+    after an old one and starts as the identity (language layers: zero output projections, so
+    attention and MLP add nothing; vision layers: zero layer scales). Training then uses the new
+    depth; the earlier stages' learning is kept. The held-out misses of the 4-layer model were
+    bindings (right kind, wrong colour) that more steps on fresh data did not move: capacity."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    src, dest = Path(src), Path(dest)
+    old = AutoModelForImageTextToText.from_pretrained(src, dtype=torch.float32)
+    config = old.config
+    n_text, n_vision = config.text_config.num_hidden_layers, config.vision_config.num_hidden_layers
+    if text_layers < n_text or vision_layers < n_vision:
+        raise ValueError(f"grow adds layers: the model has {n_text} language and {n_vision} vision layers; "
+                         f"ask for at least that many (got {text_layers} and {vision_layers}).")
+    config.text_config.num_hidden_layers = text_layers
+    config.text_config.layer_types = [config.text_config.layer_types[0]] * text_layers
+    config.vision_config.num_hidden_layers = vision_layers
+    torch.manual_seed(seed)
+    new = type(old)(config)
+    new.generation_config = old.generation_config
+    moves = (("language_model.layers.", _spread(n_text, text_layers)), ("encoder.layer.", _spread(n_vision, vision_layers)))
+    state = {}
+    for key, value in old.state_dict().items():
+        for part, mapping in moves:
+            if part in key:
+                head, rest = key.split(part)
+                i, tail = rest.split(".", 1)
+                key = f"{head}{part}{mapping[int(i)]}.{tail}"
+        state[key] = value
+    fresh = new.state_dict()
+    for key in fresh:
+        if key not in state:  # a new layer's weight: random, but its output path starts at zero
+            if key.endswith(("self_attn.o_proj.weight", "mlp.down_proj.weight", "lambda_1", "lambda_2")):
+                state[key] = torch.zeros_like(fresh[key])
+            else:
+                state[key] = fresh[key]
+    new.load_state_dict(state, strict=True)
+    new.config._name_or_path = f"{src.name}-grown"
+    dest.mkdir(parents=True, exist_ok=True)
+    new.save_pretrained(dest)
+    AutoProcessor.from_pretrained(src).save_pretrained(dest)
+    return dest
+
+
+def _spread(old: int, new: int) -> dict[int, int]:
+    """Where old layer i goes among ``new`` layers, the added ones spread between them:
+    4 → 8 gives 0, 2, 4, 6; 4 → 6 gives 0, 2, 3, 4... (each old layer keeps its order)."""
+    extra = new - old
+    positions, at = {}, 0
+    for i in range(old):
+        positions[i] = at
+        at += 1 + (1 if i < extra % old else 0) + extra // old
+    return positions
+
+
 def evaluate(model_dir: str | Path, jsonl: str | Path, *, limit: int | None = None, batch: int = 16,
              device: str | None = None) -> dict:
     """The demo targets on a held-out file written by ``synthetic.generate``: Acc@0.5 of find-one
@@ -185,6 +193,7 @@ def evaluate(model_dir: str | Path, jsonl: str | Path, *, limit: int | None = No
         new = out[:, inputs["input_ids"].shape[1]:]
         answers += [t.split("<|im_end|>")[0] for t in processor.tokenizer.batch_decode(new, skip_special_tokens=False)]
     scores: dict[str, list] = {"single": [], "multi": [], "describe": []}
+    by_count: dict[int, list] = {}
     for row, answer in zip(rows, answers):
         shapes = row["shapes"]
         if row["kind"] == "find":
@@ -193,10 +202,13 @@ def evaluate(model_dir: str | Path, jsonl: str | Path, *, limit: int | None = No
             boxes = grounding.parse(answer).boxes
             hit = bool(boxes) and grounding.iou(boxes[0][1], truth) >= 0.5
             scores["single" if len(shapes) == 1 else "multi"].append(hit)
+            by_count.setdefault(len(shapes), []).append(hit)
         elif row["kind"] == "describe":
             scores["describe"].append(synthetic.mentioned(answer) == {(s["colour"], s["kind"]) for s in shapes})
     result = {f"{k}_acc": (sum(v) / len(v) if v else None) for k, v in scores.items()}
     result.update({f"{k}_n": len(v) for k, v in scores.items()})
+    if by_count:  # find-one Acc@0.5 by shapes in the picture
+        result["acc_by_shapes"] = {n: round(sum(v) / len(v), 3) for n, v in sorted(by_count.items())}
     result["examples"] = [{"question": s.turns[-1][0], "answer": a} for s, a in zip(samples[:5], answers[:5])]
     return result
 
@@ -209,16 +221,16 @@ def _size(row: dict, jsonl) -> tuple[int, int]:
 
 
 def train(out: str | Path, *, data_dir: str | Path | None = None, workers: int = 8, samples: int = TRAIN_SAMPLES,
-          init: str | Path | None = None, **overrides) -> dict:
+          init: str | Path | None = None, hard: float = 0.0, **overrides) -> dict:
     """The whole reproduction: data, init, the demo-train recipe as a background job, evaluation."""
     from . import jobs
 
     out = Path(out).resolve()
     data_dir = Path(data_dir or out / "data")
-    files = make_data(data_dir, workers=workers, train=samples)
+    files = make_data(data_dir, workers=workers, train=samples, hard=hard)
     init = Path(init) if init else init_model(out / "demo-init")  # `init`: continue from a trained model
     settings = dict(model=str(init), dataset=[str(files["train"])], val_dataset=[str(files["val"])],
-                    output_dir=str(out / "run"), num_workers=workers, **overrides)
+                    output_dir=str(out / "run"), **{"num_workers": workers, **overrides})
     job = jobs.launch(RECIPE, **settings)
     print(f"job {job.id}, MLflow run {job.run_id}; log: {job.dir / 'train.log'}", flush=True)
     state = job.wait()
@@ -243,10 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--workers", type=int, default=8)
     t.add_argument("--train", type=int, default=TRAIN_SAMPLES, help="training samples to generate")
     t.add_argument("--init", default=None, help="start from this model folder instead of a random init")
+    t.add_argument("--hard", type=float, default=0.0, help="share of hard multi-shape training pictures")
     t.add_argument("--set", nargs="*", default=[], help="recipe overrides, key=value")
     d = sub.add_parser("data", help="write the synthetic data only")
     d.add_argument("--out", required=True)
     d.add_argument("--train", type=int, default=TRAIN_SAMPLES)
+    g = sub.add_parser("grow", help="a deeper copy of a trained model that answers the same (added layers start as identity)")
+    g.add_argument("model")
+    g.add_argument("dest")
+    g.add_argument("--text-layers", type=int, required=True)
+    g.add_argument("--vision-layers", type=int, required=True)
     e = sub.add_parser("eval", help="held-out scores of a model folder")
     e.add_argument("model")
     e.add_argument("--data", required=True, help="folder written by `data`")
@@ -255,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "train":
         from .sft_config import parse_overrides
 
-        print(json.dumps(train(args.out, workers=args.workers, samples=args.train, init=args.init, **parse_overrides(args.set)), indent=1))
+        print(json.dumps(train(args.out, workers=args.workers, samples=args.train, init=args.init, hard=args.hard,
+                               **parse_overrides(args.set)), indent=1))
+    elif args.verb == "grow":
+        print(grow(args.model, args.dest, text_layers=args.text_layers, vision_layers=args.vision_layers))
     elif args.verb == "data":
         print(make_data(args.out, train=args.train))
     else:
@@ -268,8 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- the new-concept story (issue 6): a CPU LoRA teaches the demo model a colour it never saw ------
 #
-# notebooks/new-concept.ipynb walks through it; tests/test_demo.py runs it. Until the synthetic-data
-# model is the default ("demo"), the story starts from its latest training stage, bench/demo-start.
+# notebooks/new-concept.ipynb walks through it; tests/test_demo.py runs it, from the default demo model.
 
 CONCEPT = "pink"  # not in the demo model's training colours (synthetic.NEW_COLOURS)
 CONCEPT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo-new-concept.yaml"

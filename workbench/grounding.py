@@ -100,6 +100,15 @@ def format_ref(label: str, boxes: Sequence[BoxT]) -> str:
     return f"<ref>{label}</ref>{format_boxes(boxes)}"
 
 
+# InternVL's grounding prompt (its own grounding data and evaluation ask this way).
+PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: "
+
+
+def question(label: str) -> str:
+    """The grounding question for ``label``: ``question("the red circle")`` asks for its box."""
+    return f"{PROMPT}<ref>{label}</ref>"
+
+
 # ---------------------------------------------------------------------------------------------
 # Coordinates and scores
 

@@ -114,14 +114,22 @@ class Job:
         if self.status()["state"] not in FINAL_STATES:
             self._end("killed", "KILLED", "cancelled by the user")
 
-    def resume(self) -> "Job":
-        """Continue from the last checkpoint in the same MLflow run (no step logged twice)."""
+    def resume(self, processes: int | None = None) -> "Job":
+        """Continue from the last checkpoint in the same MLflow run (no step logged twice);
+        ``processes``: another process (GPU) count than the job had. A data-parallel checkpoint
+        holds whole weights and optimizer state, so it resumes on any count; a DeepSpeed one is
+        sharded per process and needs the count it was saved with."""
         if self.state not in ("killed", "failed"):
             raise UserInputError(f"Job {self.id} is {self.state}; only a cancelled or failed job can be resumed.")
         ckpts = self.checkpoints()
         if not ckpts:
             raise UserInputError(f"Job {self.id} saved no checkpoint before it stopped: launch it again instead.")
         cfg = self.config
+        if processes is not None:
+            import torch
+
+            cfg.processes = processes
+            cfg.check(gpus=torch.cuda.device_count() if torch.cuda.is_available() else 0)
         cfg.resume = str(ckpts[-1])
         (self.dir / "config.yaml").write_text(_yaml(cfg))
         (self.dir / "status.json").unlink(missing_ok=True)
@@ -207,14 +215,29 @@ def get(job_id: str) -> Job:
     return job
 
 
-def command(job: Job, gpus: int) -> list[str]:
-    """The ``accelerate launch`` command line of a job."""
-    launch_args = ["--num_processes", str(max(gpus, 1)), "--num_machines", "1", "--mixed_precision", "no",
+def command(job: Job, gpus: int, processes: int = 0) -> list[str]:
+    """The ``accelerate launch`` command line of a job: ``processes`` (0: one per GPU, 1 on a CPU)."""
+    n = processes or max(gpus, 1)
+    launch_args = ["--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no",
                    "--dynamo_backend", "no"]
-    if not gpus:
+    if n > 1:
+        # torchrun under the hood, on a free port so that two jobs never meet. Without GPUs the
+        # processes find no CUDA and join over gloo (accelerate's --cpu would start only one).
+        launch_args += ["--multi_gpu", "--main_process_port", str(_free_port())]
+        if not gpus:
+            launch_args += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // n))]
+    elif not gpus:
         launch_args += ["--cpu", "--num_cpu_threads_per_process", str(os.cpu_count() or 1)]
     return [sys.executable, "-m", "accelerate.commands.launch", *launch_args, "-m", "workbench.sft",
             "--config", str(job.dir / "config.yaml")]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _start(job: Job, cfg: SFTConfig, gpus: int | None = None, created: str | None = None) -> None:
@@ -224,7 +247,7 @@ def _start(job: Job, cfg: SFTConfig, gpus: int | None = None, created: str | Non
 
     if gpus is None:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    cmd = command(job, gpus)
+    cmd = command(job, gpus, cfg.processes)
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "PYTHONUNBUFFERED": "1"}
     with open(job.dir / "train.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,

@@ -55,7 +55,7 @@ class WorkbenchMagics(Magics):
             return _error(f"%%wb_ask takes only --new (got {' '.join(unknown)}); the question goes in the cell.")
         text = cell.strip()
         if not text:
-            return _error("%%wb_ask needs a question in the cell, e.g. <img>examples/shapes.png</img> Where is the red circle?")
+            return _error("%%wb_ask needs a question in the cell, e.g. <img>examples/demo-shapes.png</img>Describe the image.")
         try:
             session = sessions.get()
             conv = self.conversations.get(session.name)

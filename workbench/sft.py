@@ -200,8 +200,11 @@ def _resume_point(cfg: SFTConfig, output_dir: str):
 
 
 def checkpoints(output_dir: str | Path) -> list[Path]:
-    """The checkpoint-N folders of a run, in step order."""
-    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    """The complete checkpoint-N folders of a run, in step order. The Trainer writes
+    trainer_state.json last: a folder without it is still being written, or was cut off by a
+    cancel, and resuming from it would fail."""
+    folders = [p for p in Path(output_dir).glob("checkpoint-*")
+               if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()]
     return sorted(folders, key=lambda p: int(p.name.split("-")[-1]))
 
 

@@ -49,6 +49,9 @@ class SFTConfig:
     compile: bool = False
     num_workers: int = 0  # data loader processes encoding samples (images → tiles) beside training
     deepspeed: str | None = None  # zero2, zero3 or a JSON config path
+    # Training processes (data parallel, one per GPU): 0 = every visible GPU, or 1 on a CPU. On a
+    # CPU, 2+ processes talk over gloo — slow, but the same DDP path (tests use it).
+    processes: int = 0
     # bf16 on a GPU that has it, else fp32. "bf16-mixed" keeps fp32 weights and optimizer state and
     # runs the forward pass in bf16 autocast: what training from scratch wants (pure bf16 stalls).
     dtype: str = "auto"
@@ -146,6 +149,11 @@ class SFTConfig:
                 p.append("deepspeed needs CUDA GPUs; none is visible here. Drop deepspeed to train on the CPU.")
             if self.sft_type == "qlora":
                 p.append("qlora with deepspeed is not supported: use lora with deepspeed, or qlora alone.")
+        if self.processes < 0:
+            p.append(f"processes must be ≥ 0 (0: one per visible GPU), got {self.processes}.")
+        elif gpus and self.processes > gpus:
+            p.append(f"processes {self.processes} but {gpus} GPU(s) are visible: set processes ≤ {gpus} "
+                     "(or 0 for one per GPU), or make more GPUs visible (CUDA_VISIBLE_DEVICES).")
         if self.max_steps <= 0 and self.num_epochs <= 0:
             p.append("set num_epochs > 0 or max_steps > 0.")
         if not 0 <= self.val_split < 1:

@@ -34,7 +34,7 @@ COLOURS = {
 }
 # A colour the demo model never sees: what the "new concept" LoRA teaches it.
 NEW_COLOURS = {"pink": (255, 105, 180)}
-FIND_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: "
+FIND_PROMPT = grounding.PROMPT
 QUESTION_KINDS = ("find", "find_all", "what", "describe")
 NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
 
@@ -69,6 +69,10 @@ class SyntheticConfig:
                                                                   "describe": 0.15})
     require: str | None = None  # a colour every image must show at least once (new-concept data)
     focus: str | None = None  # find / what questions ask about a shape of this colour when there is one
+    # Share of pictures of 2+ shapes built as hard cases: a second shape of the first one's kind in
+    # another colour, and a third of its colour in another kind, so only colour AND kind together
+    # single one out. The demo model's misses were mostly the right kind in the wrong colour.
+    hard: float = 0.0
 
 
 def palette(name: str) -> tuple[int, int, int]:
@@ -82,11 +86,15 @@ def layout(rng: random.Random, cfg: SyntheticConfig) -> list[Shape]:
     n = rng.randint(cfg.min_objects, cfg.max_objects)
     shapes: list[Shape] = []
     seen: set[tuple[str, str]] = set()
+    plan = _hard_plan(rng, cfg) if n >= 2 and cfg.hard and rng.random() < cfg.hard else []
     attempts = 0
     while len(shapes) < n and attempts < 500:
         attempts += 1
-        colour = cfg.require if (cfg.require and not shapes) else rng.choice(cfg.colours)
-        kind = rng.choice(cfg.kinds)
+        if len(shapes) < len(plan):
+            colour, kind = plan[len(shapes)]
+        else:
+            colour = cfg.require if (cfg.require and not shapes) else rng.choice(cfg.colours)
+            kind = rng.choice(cfg.kinds)
         if (colour, kind) in seen and rng.random() < 0.85:
             continue  # a repeated colour+kind now and then, told apart by size
         side = rng.randint(cfg.min_size, cfg.max_size)
@@ -99,6 +107,14 @@ def layout(rng: random.Random, cfg: SyntheticConfig) -> list[Shape]:
         seen.add((colour, kind))
     _caption(shapes)
     return shapes
+
+
+def _hard_plan(rng: random.Random, cfg: SyntheticConfig) -> list[tuple[str, str]]:
+    """(colour, kind) of the first shapes of a hard case: (c, k), (other colour, k), (c, other kind)."""
+    colour = cfg.require or rng.choice(cfg.colours)
+    kind = rng.choice(cfg.kinds)
+    return [(colour, kind), (rng.choice([c for c in cfg.colours if c != colour]), kind),
+            (colour, rng.choice([k for k in cfg.kinds if k != kind]))]
 
 
 def _caption(shapes: list[Shape]) -> None:

@@ -48,6 +48,8 @@ class Tracking:
         client = mlflow.MlflowClient()
         history = client.get_metric_history(self.run_id, "loss")
         self.logged_up_to = max((m.step for m in history), default=0)
+        # how many processes trained (a tag, not a parameter: a resume may use another count)
+        mlflow.set_tag("workbench.processes", os.environ.get("WORLD_SIZE", "1"))
         if not self.logged_up_to:
             mlflow.log_params(self.cfg.flat_params())
             for context, files, samples in (("training", self.cfg.dataset, train_samples),
@@ -73,6 +75,17 @@ class Tracking:
                 self.start_step = state.global_step  # > 0 when resumed
 
             def on_log(self, args, state, control, logs=None, **kw):
+                tokens = collator.tokens
+                if logs and "loss" in logs and args.world_size > 1:
+                    # Every process logs the training loss at the same steps: sum their token counts
+                    # here (each collator saw only its own process's batches).
+                    import torch
+                    import torch.distributed as dist
+
+                    if dist.is_initialized():
+                        t = torch.tensor([float(tokens)], device=args.device)
+                        dist.all_reduce(t)
+                        tokens = int(t.item())
                 if not tracking.main or not logs:
                     return
                 step = state.global_step
@@ -80,10 +93,10 @@ class Tracking:
                 metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"}
                 if "loss" in metrics:
                     dt = max(now - self.last_t, 1e-9)
-                    metrics["tokens_per_s"] = (collator.tokens - self.last_tokens) / dt
+                    metrics["tokens_per_s"] = (tokens - self.last_tokens) / dt
                     metrics["samples_per_s"] = args.logging_steps * args.per_device_train_batch_size * \
                         args.gradient_accumulation_steps * args.world_size / dt
-                    self.last_t, self.last_tokens = now, collator.tokens
+                    self.last_t, self.last_tokens = now, tokens
                     self.history.append({"step": step, "loss": metrics["loss"], "lr": metrics.get("learning_rate")})
                     self.history = self.history[-PROGRESS_HISTORY:]
                 if step > tracking.logged_up_to or any(k.startswith("eval_") for k in metrics):

@@ -25,6 +25,7 @@ FLAGS = {  # flag → (type, help); each maps to the SFTConfig field of the same
     "learning_rate": (float, None), "lr_scheduler": (str, None), "warmup_ratio": (float, None),
     "batch_size": (int, None), "grad_accum": (int, None),
     "deepspeed": (str, "zero2, zero3 or a JSON config path"),
+    "processes": (int, "data-parallel processes: 0 = one per visible GPU (1 on a CPU)"),
     "dtype": (str, "auto, bf16, fp16 or fp32"),
     "output_dir": (str, None), "save_steps": (int, None), "eval_steps": (int, None),
     "resume": (str, "a checkpoint folder or 'last'"), "seed": (int, None), "experiment": (str, "MLflow experiment"),
@@ -43,7 +44,8 @@ def add_parser(sub) -> None:
                        type=lambda v: v.lower() in ("1", "true", "yes"), metavar="true|false")
     p.add_argument("--detach", action="store_true", help="start the job and return")
     p.add_argument("--cancel", metavar="JOB", help="cancel a running job")
-    p.add_argument("--resume-job", metavar="JOB", help="resume a cancelled or failed job from its last checkpoint")
+    p.add_argument("--resume-job", metavar="JOB",
+                   help="resume a cancelled or failed job from its last checkpoint (with --processes: on another count)")
     p.add_argument("--list", action="store_true", help="list jobs")
     p.set_defaults(run=run)
 
@@ -62,7 +64,7 @@ def run(args) -> int:
         print(f"cancelled {args.cancel}")
         return 0
     if args.resume_job:
-        job = jobs.get(args.resume_job).resume()
+        job = jobs.get(args.resume_job).resume(processes=args.processes)  # --processes: another count
     else:
         overrides = {k: getattr(args, k) for k in [*FLAGS, *BOOLS] if getattr(args, k) is not None}
         job = jobs.launch(args.config, **overrides)

@@ -45,7 +45,7 @@ class ComparePanel(W.VBox):
         self.load_button = W.Button(description="Load A and B", icon="upload", button_style="primary")
         self.memory = W.HTML()
         self.memory.add_class("wb-compare-memory")
-        self.question = W.Text(placeholder="Question for both, e.g. Where is the red circle?", layout=W.Layout(width="60%"))
+        self.question = W.Text(placeholder="Question for both, e.g. Describe the image.", layout=W.Layout(width="60%"))
         self.image_path = W.Text(placeholder="image path or URL (optional)", layout=W.Layout(width="38%"))
         self.ask_button = W.Button(description="Ask both", icon="comments", disabled=True)
         self.side_a, self.side_b = W.VBox(), W.VBox()

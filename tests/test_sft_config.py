@@ -1,0 +1,52 @@
+"""Fine-tune settings: every bad combination named with its fix before anything loads; the
+launch command for each process count."""
+
+import pytest
+
+from workbench import jobs
+from workbench.errors import UserInputError
+from workbench.sft_config import SFTConfig
+
+
+def cfg(**kw):
+    return SFTConfig(dataset=["train.jsonl"], **kw)
+
+
+def test_process_counts_are_checked_against_the_gpus():
+    cfg(processes=2).check(gpus=0)  # CPU data parallel (gloo) is allowed
+    cfg(processes=2).check(gpus=2)
+    with pytest.raises(UserInputError, match=r"processes 4 but 2 GPU\(s\) are visible: set processes ≤ 2"):
+        cfg(processes=4).check(gpus=2)
+    with pytest.raises(UserInputError, match="processes must be ≥ 0"):
+        cfg(processes=-1).check(gpus=0)
+
+
+def test_launch_command_for_each_process_count(tmp_path):
+    job = jobs.Job("j", tmp_path)
+
+    def launch_args(gpus, processes):
+        cmd = jobs.command(job, gpus, processes)
+        return cmd[cmd.index("accelerate.commands.launch") + 1: cmd.index("-m", 3)]
+
+    one_cpu = launch_args(0, 0)
+    assert "--cpu" in one_cpu and one_cpu[one_cpu.index("--num_processes") + 1] == "1" and "--multi_gpu" not in one_cpu
+    two_cpu = launch_args(0, 2)  # torchrun's launcher: accelerate's --cpu would start a single process
+    assert "--cpu" not in two_cpu and "--multi_gpu" in two_cpu and two_cpu[two_cpu.index("--num_processes") + 1] == "2"
+    every_gpu = launch_args(4, 0)
+    assert "--multi_gpu" in every_gpu and every_gpu[every_gpu.index("--num_processes") + 1] == "4"
+    ports = {launch_args(2, 2)[launch_args(2, 2).index("--main_process_port") + 1] for _ in range(3)}
+    assert all(p.isdigit() for p in ports)
+    assert launch_args(1, 0)[launch_args(1, 0).index("--num_processes") + 1] == "1" and "--multi_gpu" not in launch_args(1, 0)
+
+
+def test_a_checkpoint_still_being_written_is_not_resumed_from(tmp_path):
+    from workbench import sft
+
+    for step, complete in ((2, True), (4, True), (6, False)):  # 6: cut off by a cancel mid-write
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert [p.name for p in sft.checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
+    assert sft.last_checkpoint(tmp_path).name == "checkpoint-4"
