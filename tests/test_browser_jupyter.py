@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO
 from test_browser import SHOTS, chromium_page, run_all_cells, running_lab
-from workbench import tracing
+from workbench import grounding, tracing
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ def test_tiles_mlflow_tab_workbench_notebook_and_ab_chat(lab_on_store, page, fin
         panel.query_selector(".wb-compare-pick-b select").select_option(label=f"{finished.id} · final")
         panel.query_selector("button.wb-compare-load").click()
         page.wait_for_selector(".wb-compare-memory:has-text('shared by both sides')", timeout=120_000)
-        panel.query_selector(".wb-compare-question input").fill("Where is the red circle?")
+        panel.query_selector(".wb-compare-question input").fill(grounding.question("the red circle"))
         panel.query_selector(".wb-compare-image input").fill("examples/shapes.png")
         panel.query_selector("button.wb-compare-ask").click()
         page.wait_for_selector(".wb-compare-a.wb-compare-done .wb-overlay .wb-box", timeout=120_000)
