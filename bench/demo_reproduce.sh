@@ -9,14 +9,7 @@ set -eu
 out=$(realpath -m "${1:-runs/demo-repro}")
 mkdir -p "$out"
 demo() { python3 -m workbench.demo "$@"; }
-bf16() {  # what each stage handed to the next: its checkpoint in bf16, with the processor
-  python3 - "$1" "$2" <<'PY'
-import sys, torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
-AutoModelForImageTextToText.from_pretrained(sys.argv[1], dtype=torch.bfloat16).save_pretrained(sys.argv[2])
-AutoProcessor.from_pretrained("bench/demo-start").save_pretrained(sys.argv[2])
-PY
-}
+bf16() { demo bf16 "$1" "$2" --processor-from bench/demo-start; }  # each stage hands its checkpoint on in bf16
 # stage 5: 8 language and 6 vision layers (the added ones start as the identity); hard multi-shape cases
 demo grow bench/demo-start "$out/s5-init" --text-layers 8 --vision-layers 6
 demo train --out "$out/s5" --workers 14 --train 100000 --init "$out/s5-init" --hard 0.5 \

@@ -37,13 +37,7 @@ if [ ! -s /tmp/demo/scores.json ]; then  # out of time: stop the job, evaluate i
 fi
 cat /tmp/demo/scores.json | head -60
 tail -3 /tmp/demo.log
-python3 - "$final" <<'PY'
-import sys, torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
-m = AutoModelForImageTextToText.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
-m.save_pretrained("/tmp/demo-model")
-AutoProcessor.from_pretrained(sys.argv[1]).save_pretrained("/tmp/demo-model")
-PY
+python3 -m workbench.demo bf16 "$final" /tmp/demo-model --processor-from "$init"
 tar -C /tmp -czf $OUT/demo-model.tgz demo-model
 cp /tmp/demo/scores.json $OUT/
 cp /tmp/wbh/jobs/*/train.log /tmp/

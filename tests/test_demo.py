@@ -30,17 +30,15 @@ def test_default_model_is_the_demo_and_it_grounds_the_example_image(demo_dir):
 
 def test_example_image_is_what_the_renderer_draws(tmp_path, monkeypatch):
     """assets/demo-shapes.png (= examples/demo-shapes.png) is drawn by the synthetic renderer from demo.OBJECTS."""
-    committed = demo.EXAMPLE_IMAGE.read_bytes()
-    monkeypatch.setattr(demo, "EXAMPLE_IMAGE", tmp_path / "demo-shapes.png")
-    from conftest import REPO
-
-    assert (REPO / "examples" / "demo-shapes.png").read_bytes() == committed
     from PIL import Image, ImageChops
 
-    redrawn = Image.open(demo.example_image()).convert("RGB")
-    import io
+    from conftest import REPO
 
-    assert ImageChops.difference(redrawn, Image.open(io.BytesIO(committed)).convert("RGB")).getbbox() is None
+    committed = demo.EXAMPLE_IMAGE
+    assert (REPO / "examples" / "demo-shapes.png").read_bytes() == committed.read_bytes()
+    monkeypatch.setattr(demo, "EXAMPLE_IMAGE", tmp_path / "demo-shapes.png")
+    redrawn = Image.open(demo.example_image()).convert("RGB")
+    assert ImageChops.difference(redrawn, Image.open(committed).convert("RGB")).getbbox() is None
 
 
 def test_a_missing_demo_model_says_how_to_restore_it(tmp_path, monkeypatch):

@@ -153,9 +153,21 @@ def grow(src: str | Path, dest: str | Path, *, text_layers: int, vision_layers: 
     return dest
 
 
+def export_bf16(checkpoint: str | Path, dest: str | Path, *, processor_from: str | Path | None = None) -> Path:
+    """A training checkpoint (fp32 master weights) as a model folder in bf16 with its processor:
+    what one stage hands to the next, and what is committed. ``processor_from``: where the
+    processor files are when the checkpoint has none (Trainer checkpoints keep only weights)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.bfloat16).save_pretrained(dest)
+    AutoProcessor.from_pretrained(processor_from or checkpoint).save_pretrained(dest)
+    return Path(dest)
+
+
 def _spread(old: int, new: int) -> dict[int, int]:
     """Where old layer i goes among ``new`` layers, the added ones spread between them:
-    4 → 8 gives 0, 2, 4, 6; 4 → 6 gives 0, 2, 3, 4... (each old layer keeps its order)."""
+    4 → 8 gives 0, 2, 4, 6; 4 → 6 gives 0, 2, 4, 5 (each old layer keeps its order)."""
     extra = new - old
     positions, at = {}, 0
     for i in range(old):
@@ -265,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("dest")
     g.add_argument("--text-layers", type=int, required=True)
     g.add_argument("--vision-layers", type=int, required=True)
+    x = sub.add_parser("bf16", help="a training checkpoint as a bf16 model folder with its processor")
+    x.add_argument("checkpoint")
+    x.add_argument("dest")
+    x.add_argument("--processor-from", default=None, help="a folder with the processor, if the checkpoint has none")
     e = sub.add_parser("eval", help="held-out scores of a model folder")
     e.add_argument("model")
     e.add_argument("--data", required=True, help="folder written by `data`")
@@ -277,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                                **parse_overrides(args.set)), indent=1))
     elif args.verb == "grow":
         print(grow(args.model, args.dest, text_layers=args.text_layers, vision_layers=args.vision_layers))
+    elif args.verb == "bf16":
+        print(export_bf16(args.checkpoint, args.dest, processor_from=args.processor_from))
     elif args.verb == "data":
         print(make_data(args.out, train=args.train))
     else:
