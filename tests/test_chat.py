@@ -113,6 +113,26 @@ def test_streaming_yields_the_answer_in_pieces(tiny):
     assert again == conv.turns[-1].answer, "greedy decoding is deterministic"
 
 
+def test_the_streamer_passes_each_token_on_at_once(tiny):
+    """No holding back until a word ends: punctuation and box digits show as they are decoded,
+    and the pieces add up to the whole answer's text."""
+    import torch
+
+    tok = tiny.tokenizer
+    answer = "<ref>the red circle</ref><box>[[127, 250, 444, 585]]</box>\nNext: done."
+    ids = tok(answer, add_special_tokens=False)["input_ids"]
+    streamer = C._token_streamer()(tok, skip_prompt=True, skip_special_tokens=False)
+    streamer.put(torch.tensor([1, 2, 3]))  # the prompt: skipped
+    arrived = []
+    for i in ids:
+        streamer.put(torch.tensor([[i]]))
+        arrived.append(streamer.text_queue.qsize())
+    streamer.end()
+    pieces = [p for p in streamer if p]
+    assert arrived == list(range(1, len(ids) + 1))  # one piece per token, none waiting
+    assert "".join(pieces) == tok.decode(ids)
+
+
 def test_stop_from_another_thread_keeps_the_partial_answer(tiny):
     conv = tiny.chat(log=False)
     seen = threading.Event()

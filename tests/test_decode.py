@@ -69,3 +69,54 @@ def test_growing_the_cache(tiny, inputs):
 
 def test_only_single_gpu_sessions_use_it(tiny):
     assert decode.for_session(tiny) is None  # a CPU session generates with transformers' generate
+
+
+def test_decode_attention_matches_sdpa_with_grouped_heads():
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 6, 1, 16, generator=gen)
+    k, v = torch.randn(2, 1, 2, 40, 16, generator=gen)  # 2 key/value heads for 6 query heads
+    mask = torch.zeros(1, 1, 1, 40, dtype=torch.bool)
+    mask[..., :29] = True  # a static cache: slots past the current position are empty
+    k[:, :, 29:], v[:, :, 29:] = 1e4, 1e4  # and must not count, whatever they hold
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
+    want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.25)
+    got, _ = decode.decode_attention(module, q, k, v, mask, scaling=0.25)
+    assert got.shape == want.shape == (1, 1, 6, 16)
+    assert torch.allclose(got, want, atol=1e-5)
+    additive = torch.zeros(1, 1, 1, 40).masked_fill(~mask, float("-inf"))
+    assert torch.allclose(decode.decode_attention(module, q, k, v, additive, scaling=0.25)[0], want, atol=1e-5)
+    wide = torch.randn(1, 6, 3, 16, generator=gen)  # several queries (a prefill): plain SDPA
+    assert torch.equal(decode.decode_attention(module, wide, k, v, None, scaling=0.25)[0],
+                       sdpa_attention_forward(module, wide, k, v, None, scaling=0.25)[0])
+
+
+def test_a_warm_up_step_is_undone(tiny, inputs):
+    """Capturing the graph runs the step once beforehand; transformers' static cache moves its own
+    write position on every forward, so without the rewind the rest of that answer would write
+    each token one slot past where it is read (wrong answers on the GPU, seen in step_probe)."""
+
+    class WarmedEveryStep(decode.GraphDecoder):
+        def _next_logits(self):
+            self._warm_up(2)
+            return self._advance()
+
+    want = decode.GraphDecoder(tiny.model).generate(inputs, max_new_tokens=10, stop_ids=[],
+                                                     stop_event=threading.Event(), on_token=lambda t: None)
+    dec = WarmedEveryStep(tiny.model)
+    got = dec.generate(inputs, max_new_tokens=10, stop_ids=[], stop_event=threading.Event(), on_token=lambda t: None)
+    assert got.tolist() == want.tolist()
+    written = {int(layer.cumulative_length) for layer in dec.cache.layers}
+    assert written == {got.shape[1] - 1}  # every token but the last (never fed back) is in the cache once
+
+
+def test_compile_applies_to_the_captured_gpu_step_only(tiny, inputs):
+    dec = decode.GraphDecoder(tiny.model, compile=True)
+    assert dec.mode == "eager" and not dec.compiled  # a CPU: the eager step, uncompiled, as before
+    want = tiny.model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    got = dec.generate(inputs, max_new_tokens=6, stop_ids=[], stop_event=threading.Event(), on_token=lambda t: None)
+    assert got.tolist() == want.tolist()
+    assert dec.capacity % decode.CAPACITY_STEP == 0 and dec.capacity < inputs["input_ids"].shape[1] + 6 + decode.CAPACITY_STEP

@@ -50,3 +50,23 @@ def test_a_checkpoint_still_being_written_is_not_resumed_from(tmp_path):
             (folder / "trainer_state.json").write_text("{}")
     assert [p.name for p in sft.checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
     assert sft.last_checkpoint(tmp_path).name == "checkpoint-4"
+
+
+def test_deepspeed_presets_and_a_single_process(tmp_path):
+    import json
+
+    from workbench import sft
+
+    two, three = sft._deepspeed(cfg(deepspeed="zero2")), sft._deepspeed(cfg(deepspeed="zero3"))
+    assert two["zero_optimization"]["stage"] == 2 and "stage3_gather_16bit_weights_on_model_save" not in two["zero_optimization"]
+    # without it a ZeRO-3 run's final folder holds only ZeRO's shards, no model to load (seen on the H200)
+    assert three["zero_optimization"] == {**two["zero_optimization"], "stage": 3,
+                                          "stage3_gather_16bit_weights_on_model_save": True}
+    own = tmp_path / "ds.json"
+    own.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    assert sft._deepspeed(cfg(deepspeed=str(own))) == {"zero_optimization": {"stage": 1}}
+    assert sft._deepspeed(cfg()) is None
+    single = jobs.rendezvous(cfg(deepspeed="zero2"), gpus=1)
+    assert single["WORLD_SIZE"] == "1" and single["RANK"] == "0" and single["MASTER_PORT"].isdigit()
+    assert jobs.rendezvous(cfg(deepspeed="zero2"), gpus=2) == {}  # torchrun sets them for several processes
+    assert jobs.rendezvous(cfg(), gpus=1) == {}

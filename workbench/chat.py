@@ -18,6 +18,7 @@ where turns are logged (and where hooks such as MLflow tracing attach).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -229,7 +230,7 @@ class Conversation:
     # -- generation ---------------------------------------------------------------------------
 
     def _generate(self, turn: Turn) -> Iterator[str]:
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         if not self._busy.acquire(blocking=False):
             raise ConversationError("This conversation is already answering; stop() it or wait for the answer.")
@@ -246,7 +247,7 @@ class Conversation:
             def __call__(self, input_ids, scores, **kwargs):
                 return torch.full((input_ids.shape[0],), stop_event.is_set(), dtype=torch.bool, device=input_ids.device)
 
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=False)
+        streamer = _token_streamer()(tokenizer, skip_prompt=True, skip_special_tokens=False)
         s = turn.settings
         sampling = dict(do_sample=True, temperature=s.temperature, top_p=s.top_p) if s.temperature > 0 else dict(do_sample=False)
         decoder = decode.for_session(self.session)
@@ -354,3 +355,32 @@ def _stop_ids(tokenizer) -> list[int]:
 def _stop_strings(tokenizer) -> list[str]:
     return [tokenizer.convert_ids_to_tokens(i) for i in _stop_ids(tokenizer)] + (
         [tokenizer.pad_token] if tokenizer.pad_token else [])
+
+
+@functools.cache
+def _token_streamer():
+    """transformers' ``TextIteratorStreamer`` with each token's text passed on as soon as it
+    decodes. Its own ``put`` holds text back until a word ends (it was written for a terminal),
+    which delays the first text of an answer by a token or more; here only an unfinished
+    character (a byte token still waiting for the rest, decoded as U+FFFD) waits."""
+    from transformers import TextIteratorStreamer
+
+    class TokenStreamer(TextIteratorStreamer):
+        def put(self, value):
+            if len(value.shape) > 1:
+                value = value[0]
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            self.token_cache.extend(value.tolist())
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            if text.endswith("\ufffd"):
+                return
+            piece, self.print_len = text[self.print_len:], len(text)
+            if text.endswith("\n"):  # start the cache again, from the last token (as transformers does)
+                self.token_cache = self.token_cache[-1:]
+                self.print_len = len(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
+            if piece:
+                self.on_finalized_text(piece)
+
+    return TokenStreamer

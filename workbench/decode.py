@@ -7,6 +7,14 @@ measures both in one process. This loop does only what a chat turn needs: one pr
 applied to the last position only), then the same one-token step replayed from a captured graph,
 with transformers' own logits processors for sampling and repetition penalty.
 
+The step's attention is ``decode_attention``: at batch 1 and one query it scores the static cache
+group by group, so the shared key/value heads of grouped-query attention are read in place.
+transformers' SDPA path copies them to every query head first (``repeat_kv``; SDPA's own GQA
+mode refuses a mask): about a fifth of an InternVL2-2B step's GPU time at a 4096-token cache,
+less at shorter ones (bench/step_probe.py).
+With ``compile=True`` the step is compiled before capture, which fuses the hundreds of small
+norm, rope and residual kernels the graph otherwise replays one by one.
+
 Used by :mod:`workbench.chat` for sessions on a single CUDA device without adapters; everything
 else (CPU, models split across GPUs, adapters) goes through ``generate``. If the step cannot be
 captured (some rope variants look at tensor values on the host), it runs eagerly instead, still
@@ -22,12 +30,44 @@ from typing import Callable
 import torch
 
 CAPACITY_STEP = 1024  # the cache grows in these steps; each growth captures the step again
+# A compiled step is compiled for its cache's length (about a minute on an H200), so a compiled
+# decoder grows its cache in larger steps: a conversation recompiles once per 4096 tokens.
+COMPILED_CAPACITY_STEP = 4096
+DECODE_ATTENTION = "workbench_decode"
+
+
+def register() -> None:
+    """Make ``workbench_decode`` known to transformers (idempotent); its masks are SDPA's."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(DECODE_ATTENTION, sdpa_mask)
+
+
+def decode_attention(module, query, key, value, attention_mask, *, dropout: float = 0.0, scaling=None, **kwargs):
+    """One query token at batch 1: softmax(q k^T) v per key/value head, its query heads stacked
+    as rows, so no key or value is copied. Anything else is transformers' SDPA attention."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    b, heads, q_len, dim = query.shape
+    groups = heads // key.shape[1]
+    if b != 1 or q_len != 1 or module.training or heads % key.shape[1]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    q = query.view(1, key.shape[1], groups, dim)  # heads are grouped in order: head h uses key head h // groups
+    scores = torch.matmul(q, key.transpose(-1, -2)).float() * (dim**-0.5 if scaling is None else scaling)
+    if attention_mask is not None:  # (1, 1, 1, L): True where allowed, or an additive float mask
+        mask = attention_mask.reshape(1, 1, 1, -1)[..., : key.shape[2]]
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    out = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), value)  # (1, kv heads, groups, dim)
+    return out.reshape(1, 1, heads, dim), None
 
 
 class GraphDecoder:
     """One per session; keeps its cache and graph between turns (both are reset, not rebuilt)."""
 
-    def __init__(self, model):
+    def __init__(self, model, *, compile: bool = False):
         self.model = model
         self.device = model.get_input_embeddings().weight.device
         self.capacity = 0
@@ -40,6 +80,12 @@ class GraphDecoder:
         self._logits = None
         # transformers 5.24 renamed the forward's past_key_values to cache; older 5.x knows only the first
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        text = model.config.get_text_config()
+        if text._attn_implementation == "sdpa":  # another choice (eager, flash) made at load is kept
+            register()
+            text._attn_implementation = DECODE_ATTENTION
+        self.compiled = compile and self.mode == "graph"
+        self._run = torch.compile(self._step, dynamic=None) if self.compiled else self._step
 
     def _reserve(self, tokens: int) -> None:
         from transformers import StaticCache
@@ -47,7 +93,8 @@ class GraphDecoder:
         if tokens <= self.capacity:
             self.cache.reset()
             return
-        self.capacity = -(-tokens // CAPACITY_STEP) * CAPACITY_STEP
+        step = COMPILED_CAPACITY_STEP if self.compiled else CAPACITY_STEP
+        self.capacity = -(-tokens // step) * step
         self.cache = self.graph = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -57,32 +104,62 @@ class GraphDecoder:
         return self.model(input_ids=self._ids, cache_position=self._pos, position_ids=self._pos.view(1, 1),
                           use_cache=True, **{self._cache_arg: self.cache}).logits[:, -1]
 
-    def _decode_logits(self):
+    def _advance(self):
+        """The step for the token in ``_ids`` at ``_pos``: its logits, with the greedy next token
+        left in ``_ids`` and ``_pos`` moved on, all on the device, so the next step can be queued
+        before the host has read this one's token."""
+        logits = self._run()
+        self._ids.copy_(logits.argmax(dim=-1, keepdim=True))
+        self._pos.add_(1)
+        return logits
+
+    def _next_logits(self):
         if self.mode == "eager":
-            return self._step()
+            return self._advance()
         if self.graph is None:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):  # warm-up off the capture; it writes this step's own cache slot
-                self._step()
+            with torch.cuda.stream(side):  # warm-up (and compile) off the capture
+                self._warm_up(2 if self.compiled else 1)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph):
-                    self._logits = self._step()
+                    self._logits = self._advance()
             except Exception:  # e.g. a host read of a tensor inside the model: run it eagerly
                 self.mode = "eager"
+                self.compiled = False
+                self._run = self._step
                 torch.cuda.synchronize(self.device)
-                return self._step()
+                return self._advance()
             self.graph = graph
         self.graph.replay()
         return self._logits
+
+    def _warm_up(self, times: int) -> None:
+        """Run the step and undo everything it changed: the token, the position, the cache's own
+        write position (``_rewind``)."""
+        ids, pos = self._ids.clone(), self._pos.clone()
+        for _ in range(times):
+            self._advance()
+            self._rewind()
+            self._ids.copy_(ids)
+            self._pos.copy_(pos)
+
+    def _rewind(self) -> None:
+        """Undo one step's advance of the cache's write position. transformers' static layers
+        write where their own counter (a device tensor) says, not at the position passed in, and
+        every forward moves it on, so a warm-up step would put the next token one slot too far."""
+        for layer in self.cache.layers:
+            length = getattr(layer, "cumulative_length", None)
+            if torch.is_tensor(length):
+                length.sub_(1)
 
     @torch.inference_mode()
     def generate(self, inputs: dict, *, max_new_tokens: int, stop_ids: list[int], stop_event: threading.Event,
                  on_token: Callable[[torch.Tensor], None], do_sample: bool = False, temperature: float = 1.0,
                  top_p: float = 1.0, repetition_penalty: float = 1.0) -> torch.Tensor:
-        """Prompt ids followed by the answer's; ``on_token`` gets each new token as a (1, 1) tensor."""
+        """Prompt ids followed by the answer's; ``on_token`` gets each new token as a (1, 1) CPU tensor."""
         from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
                                   TopPLogitsWarper)
 
@@ -101,41 +178,78 @@ class GraphDecoder:
         pos = torch.arange(n, device=self.device)
         logits = self.model(**prompt, cache_position=pos, position_ids=pos[None], use_cache=True, logits_to_keep=1,
                             **{self._cache_arg: self.cache}).logits[:, -1]
-        out = [ids[0]]
-        history = ids
+        tokens: list[int] = []
         stops = set(stop_ids)
-        for i in range(max_new_tokens):
+
+        def emit(token: int) -> bool:
+            """Hand the token on; True when the answer ends with it."""
+            tokens.append(token)
+            on_token(torch.tensor([[token]]))
+            return token in stops or stop_event.is_set() or len(tokens) == max_new_tokens
+
+        if processors or do_sample:
+            self._sampled(logits, ids, processors, do_sample, emit, n)
+        else:
+            self._greedy(logits, emit, n, max_new_tokens)
+        return torch.cat([ids[0], torch.tensor(tokens, dtype=ids.dtype, device=ids.device)])[None]
+
+    def _greedy(self, logits, emit, n: int, max_new_tokens: int) -> None:
+        """Each step is queued before the host waits for the one before it, so the GPU never
+        idles on the host's per-token work (streaming, stop checks). An answer that ends thus
+        leaves one step computed and unused; its cache slot is past the answer and reset with it."""
+        cuda = self.device.type == "cuda"
+        self._ids.copy_(logits.argmax(dim=-1, keepdim=True))
+        self._pos.fill_(n)
+        slots = torch.zeros(2, dtype=torch.long, pin_memory=cuda)  # tokens on their way to the host
+        done = [torch.cuda.Event(), torch.cuda.Event()] if cuda else []
+
+        def launch(k: int) -> None:  # the step that makes token k (k = 0 is the prefill's)
+            if k:
+                self._next_logits()
+            slots[k % 2].copy_(self._ids[0, 0], non_blocking=cuda)
+            if cuda:
+                done[k % 2].record()
+
+        launch(0)
+        for k in range(max_new_tokens):
+            if k + 1 < max_new_tokens:
+                launch(k + 1)
+            if cuda:
+                # Wait with the GIL released: the thread streaming the text runs meanwhile. Holding
+                # the GIL through the wait would let the streaming thread in only at Python's 5 ms
+                # switch interval, once per token (measured).
+                done[k % 2].synchronize()
+            if emit(int(slots[k % 2])):
+                return
+
+    def _sampled(self, logits, history, processors, do_sample: bool, emit, n: int) -> None:
+        """Sampling or a repetition penalty: the host picks each token from the step's logits."""
+        self._pos.fill_(n)
+        while True:
             if processors:
                 logits = processors(history, logits.float())
             if do_sample:
                 token = torch.multinomial(torch.softmax(logits.float(), dim=-1), 1)
             else:
                 token = logits.argmax(dim=-1, keepdim=True)
-            out.append(token[0])
-            if repetition_penalty != 1.0:
-                history = torch.cat([history, token], dim=1)
+            history = torch.cat([history, token], dim=1)
+            self._ids.copy_(token)  # replaces the greedy choice a step leaves there
             if self.device.type == "cuda":
-                # Wait with the GIL released: the thread streaming the text runs meanwhile. Reading the
-                # token straight away would hold the GIL through the wait, and the streaming thread
-                # would get it only at Python's 5 ms switch interval, once per token (measured).
-                torch.cuda.current_stream(self.device).synchronize()
-            on_token(token)
-            if int(token) in stops or stop_event.is_set() or i == max_new_tokens - 1:
-                break
-            self._ids.copy_(token)
-            self._pos.fill_(n + i)
-            logits = self._decode_logits()
-        return torch.cat(out)[None]
+                torch.cuda.current_stream(self.device).synchronize()  # with the GIL released (see _greedy)
+            if emit(int(token)):
+                return
+            logits = self._next_logits()
 
 
 def for_session(session) -> GraphDecoder | None:
     """The session's decoder, or None where ``generate`` must be used (not one CUDA device, an
     adapter, or a model split across GPUs). A per-GPU budget that fits on one GPU keeps it: the
-    planner's reserve covers the cache, which holds prompt + answer rounded up to CAPACITY_STEP."""
+    planner's reserve covers the cache, which holds prompt + answer rounded up to CAPACITY_STEP
+    (COMPILED_CAPACITY_STEP when compiled)."""
     if session.input_device.type != "cuda" or session.adapter:
         return None
     if session.device_map and len({str(v) for v in session.device_map.values()}) > 1:
         return None
     if session.decoder is None:
-        session.decoder = GraphDecoder(session.model)
+        session.decoder = GraphDecoder(session.model, compile=session.compile)
     return session.decoder

@@ -232,6 +232,14 @@ def command(job: Job, gpus: int, processes: int = 0) -> list[str]:
             "--config", str(job.dir / "config.yaml")]
 
 
+def rendezvous(cfg: SFTConfig, gpus: int) -> dict:
+    """Variables a single DeepSpeed process needs: accelerate starts one process without torchrun,
+    so none are set, and DeepSpeed's engine still builds a process group (it stops without them)."""
+    if not cfg.deepspeed or (cfg.processes or max(gpus, 1)) != 1:
+        return {}
+    return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+
+
 def _free_port() -> int:
     import socket
 
@@ -248,7 +256,7 @@ def _start(job: Job, cfg: SFTConfig, gpus: int | None = None, created: str | Non
     if gpus is None:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     cmd = command(job, gpus, cfg.processes)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "PYTHONUNBUFFERED": "1", **rendezvous(cfg, gpus)}
     with open(job.dir / "train.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True, cwd=Path.cwd())

@@ -181,7 +181,10 @@ def _deepspeed(cfg: SFTConfig):
         return None
     if cfg.deepspeed in ("zero2", "zero3"):
         stage = int(cfg.deepspeed[-1])
-        return {"zero_optimization": {"stage": stage, "overlap_comm": True, "contiguous_gradients": True},
+        zero = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
+        if stage == 3:  # the final model as plain 16-bit weights, not only ZeRO's shards (bench/zero_one_gpu.py)
+            zero["stage3_gather_16bit_weights_on_model_save"] = True
+        return {"zero_optimization": zero,
                 "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
                 "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
                 "gradient_clipping": "auto", "train_batch_size": "auto"}

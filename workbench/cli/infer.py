@@ -23,6 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--attn-impl", default=None, help="sdpa, eager, flash_attention_2, …")
     p.add_argument("--quantization", default=None, choices=["int8", "4bit"])
     p.add_argument("--adapter", default=None, help="a PEFT adapter directory to attach")
+    p.add_argument("--compile", action="store_true",
+                   help="one GPU: compile the decode step (faster tokens; the first answer waits about a minute)")
     p.add_argument("--ckpt", default=None, metavar="DIR",
                    help="a fine-tune checkpoint (checkpoint-N, final or *-merged): reuses the run's model and settings")
     p.add_argument("--query", default=None, help="ask one question and exit")
@@ -55,7 +57,8 @@ def run(args) -> int:
     if args.ckpt:
         _from_checkpoint(args)
     session = load(args.model, dtype=args.dtype, max_memory=args.max_memory, device_map=args.device_map,
-                   attn_implementation=args.attn_impl, quantization=args.quantization, adapter=args.adapter)
+                   attn_implementation=args.attn_impl, quantization=args.quantization, adapter=args.adapter,
+                   compile=args.compile)
     conv = session.chat(system=args.system, settings=settings, max_tiles=args.max_tiles,
                         trace=False if args.no_trace else None)
     try:

@@ -1,0 +1,267 @@
+"""Where a training step's and a decode step's GPU time goes, and what compiling more buys (issue 7).
+
+    WORKBENCH_HOME=/tmp/wbh PYTHONPATH=. python3 bench/step_probe.py OUT_DIR
+
+InternVL2-2B shape, random init, bf16, one GPU. Writes OUT_DIR/step_probe.json after every point and
+OUT_DIR/*.txt profiler tables (top kernels by GPU time, top ops by host time).
+
+1. The recipe's LoRA step (2 packed samples of 7 tiles + 256 text, checkpointing, compiled layers):
+   wall time per phase (vision tower, forward + loss, backward, optimizer), and from the profiler
+   the kernels per step, their summed GPU time, and so how much of the step the GPU is busy.
+2. The vision tower alone at 7 and 14 tiles, eager and compiled (no autograd either way).
+3. The decode step (``workbench.decode``): the trained demo model's grounding answer from generate
+   and from the graph decoder, plain and compiled, on the capturing and the next turn; then the
+   InternVL2-2B shape's step with SDPA attention, with ``decode_attention``, and compiled: tokens/s,
+   replay time, kernels per step, tokens equal to generate's, the compile's and a regrowth's time.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from perf import Sample, build, gpu_batch, params, time_steps  # noqa: E402
+from workbench import packing, sft  # noqa: E402
+from workbench.sft_config import SFTConfig  # noqa: E402
+
+
+def sync():
+    torch.cuda.synchronize()
+
+
+def timed(fn, n=5, warm=2):
+    return time_steps(fn, warmup=warm, steps=n)
+
+
+def gpu_summary(prof, steps, out_dir, name):
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy_us = sum(e.time_range.elapsed_us() for e in kernels)
+    (out_dir / f"{name}_gpu.txt").write_text(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40))
+    (out_dir / f"{name}_cpu.txt").write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
+    return {"kernels_per_step": round(len(kernels) / steps), "gpu_busy_ms_per_step": round(busy_us / steps / 1e3, 2)}
+
+
+def train(res, save, out_dir):
+    recipe = SFTConfig.from_yaml(ROOT / "recipes" / "internvl2-2b-lora.yaml", {"dataset": ["unused.jsonl"]})
+    model = build("internvl2-2b")
+    res["vision_attn"] = model.config.vision_config._attn_implementation
+    img = model.config.image_token_id
+    gen = torch.Generator().manual_seed(0)
+    samples = [Sample(img, 7, model.config.text_config.vocab_size, gen) for _ in range(2)]
+    packing.use_packed_attention(model)
+    model = sft._trainable(model, recipe)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-5)
+    batch = gpu_batch(samples, workbench=True)
+    base = model.get_base_model()
+
+    def step():
+        packing.loss(model, batch).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def phases(label):
+        for _ in range(2):
+            step()
+        t = {"vision": 0.0, "forward_loss": 0.0, "backward": 0.0, "optimizer": 0.0}
+        n = 4
+        for _ in range(n):
+            sync(); t0 = time.perf_counter()
+            with torch.no_grad():
+                base.model.get_image_features(pixel_values=batch["pixel_values"])
+            sync(); t1 = time.perf_counter()
+            loss = packing.loss(model, batch)
+            sync(); t2 = time.perf_counter()
+            loss.backward()
+            sync(); t3 = time.perf_counter()
+            opt.step(); opt.zero_grad(set_to_none=True)
+            sync(); t4 = time.perf_counter()
+            for k, a, b in (("vision", t0, t1), ("forward_loss", t1, t2), ("backward", t2, t3), ("optimizer", t3, t4)):
+                t[k] += (b - a) / n
+        row = {k: round(v * 1e3, 1) for k, v in t.items()}
+        row["step_ms"] = round(timed(step, n=5) * 1e3, 1)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(2):
+                step()
+            sync()
+        row.update(gpu_summary(prof, 2, out_dir, f"train_{label}"))
+        res.setdefault("train_2b_lora_packed2_gc", {})[label] = row
+        print(label, row, flush=True)
+        save()
+
+    phases("eager")
+    t0 = time.perf_counter()
+    packing.compile_layers(model)
+    step()
+    res["compile_layers_s"] = round(time.perf_counter() - t0, 1)
+    phases("compiled")
+
+    # the vision tower alone, no autograd: eager vs compiled
+    vt = base.model.vision_tower
+    rows = {}
+    for tiles in (7, 14):
+        pv = torch.randn(tiles, 3, 448, 448, device="cuda", dtype=torch.bfloat16)
+        with torch.no_grad():
+            rows[f"{tiles}_eager_ms"] = round(timed(lambda: base.model.get_image_features(pixel_values=pv)) * 1e3, 2)
+    t0 = time.perf_counter()
+    vt.compile(dynamic=True)
+    for tiles in (7, 14):
+        pv = torch.randn(tiles, 3, 448, 448, device="cuda", dtype=torch.bfloat16)
+        with torch.no_grad():
+            rows[f"{tiles}_compiled_ms"] = round(timed(lambda: base.model.get_image_features(pixel_values=pv)) * 1e3, 2)
+    rows["compile_s"] = round(time.perf_counter() - t0, 1)
+    vit_flops = 2 * params(vt) * 1025
+    rows["ideal_ms_per_tile_at_600tflops"] = round(vit_flops / 600e12 * 1e3, 2)
+    res["vision_tower"] = rows
+    print("vision", rows, flush=True)
+    save()
+    phases("compiled_vit")
+    del model, opt, batch, base, vt
+    torch.cuda.empty_cache()
+
+
+@torch.inference_mode()
+def _set_written(dec, n):
+    """Put every static layer's write position at n (timing loops replay the step many times)."""
+    for layer in dec.cache.layers:
+        layer.cumulative_length.fill_(n)
+
+
+def decode(res, save, out_dir):
+    import threading
+
+    from PIL import Image
+
+    import workbench
+    from chat_model import save_random_chat_model
+    from workbench import decode as dec_mod
+    from workbench import grounding
+    from workbench.demo import ensure_built
+
+    def gen(dec, inputs, n, stop_after=None):
+        ev = threading.Event()
+        seen = []
+
+        def on_token(t):
+            seen.append(t)
+            if stop_after and len(seen) >= stop_after:
+                ev.set()
+        return dec.generate(inputs, max_new_tokens=n, stop_ids=[], stop_event=ev, on_token=on_token)
+
+    def replay_ms(dec, n):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        _set_written(dec, n)
+        for _ in range(10):
+            dec.graph.replay()
+        _set_written(dec, n)
+        a.record()
+        for _ in range(200):
+            dec.graph.replay()
+        b.record()
+        sync()
+        return round(a.elapsed_time(b) / 200, 3)
+
+    # 1. the demo model (trained): the same grounding answer from generate and from each decoder
+    demo = workbench.load(ensure_built(), name="demo")
+    conv = demo.chat(log=False, trace=False)
+    q = grounding.question("the red circle")
+    turn = conv._prepare(q, [str(ROOT / "examples" / "demo-shapes.png")], [], conv.settings)
+    inputs = conv._inputs(turn)
+    n = inputs["input_ids"].shape[1]
+    want = demo.model.generate(**inputs, max_new_tokens=40, do_sample=False)[0, n:].tolist()
+    checks = {"generate": demo.tokenizer.decode(want, skip_special_tokens=True)}
+    for comp in (False, True):
+        demo.model.config.get_text_config()._attn_implementation = "sdpa"
+        dec = dec_mod.GraphDecoder(demo.model, compile=comp)
+        for turn_no in range(2):  # the first turn captures; the second replays
+            got = gen(dec, inputs, 40)[0, n:].tolist()
+            got = got[: len(want)]
+            checks[f"{'compiled' if comp else 'graph'}_turn{turn_no + 1}_same"] = got == want
+    res["demo_answers"] = checks
+    print("demo", checks, flush=True)
+    save()
+    demo.unload()
+
+    # 2. InternVL2-2B shape: the step with SDPA attention, with decode_attention, and compiled
+    work = save_random_chat_model()
+    s = workbench.load(work, name="probe")
+    img = Image.new("RGB", (1344, 896), "red")
+    conv = s.chat(log=False, trace=False, max_tiles=6)
+    turn = conv._prepare("<image>Describe the image in detail.", [img], [], conv.settings)
+    inputs = conv._inputs(turn)
+    n = inputs["input_ids"].shape[1]
+    text = s.model.config.get_text_config()
+    naive = s.model.generate(**inputs, max_new_tokens=128, min_new_tokens=128, do_sample=False)[0, n:].tolist()
+    rows = {"prompt_tokens": n}
+    for label, comp in (("sdpa", False), ("decode_attention", False), ("decode_attention_compiled", True)):
+        text._attn_implementation = "sdpa"
+        dec = dec_mod.GraphDecoder(s.model, compile=comp)
+        if label == "sdpa":
+            text._attn_implementation = "sdpa"
+        t0 = time.perf_counter()
+        toks = gen(dec, inputs, 128)[0, n:].tolist()
+        row = {"first_answer_s": round(time.perf_counter() - t0, 1)}
+        same = next((i for i, (a, b) in enumerate(zip(toks, naive)) if a != b), len(naive))
+        row["tokens_same_as_generate"] = same
+        t = timed(lambda: gen(dec, inputs, 129), n=3, warm=1) - timed(lambda: gen(dec, inputs, 1), n=3, warm=1)
+        row["decode_tok_s"] = round(128 / t, 1)
+        row["graph_replay_ms"] = replay_ms(dec, 64)  # writes land inside the prompt: a timing loop only
+        with torch.inference_mode():
+            _set_written(dec, 64)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    dec._run()
+                sync()
+        row.update(gpu_summary(prof, 3, out_dir, f"decode_{label}"))
+        if comp:  # a longer conversation: the cache grows, the step is compiled again for its length
+            t0 = time.perf_counter()
+            gen(dec, inputs, 2400, stop_after=4)
+            row["regrow_s"] = round(time.perf_counter() - t0, 1)
+            row["capacity_after"] = dec.capacity
+        rows[label] = row
+        print("decode", label, row, flush=True)
+        res["decode"] = rows
+        save()
+        del dec
+        torch.cuda.empty_cache()
+    m = s.model
+    with torch.inference_mode():
+        rows["vision_7tile_ms"] = round(timed(lambda: m.model.get_image_features(pixel_values=inputs["pixel_values"])) * 1e3, 2)
+    save()
+    s.unload()
+
+
+def main(out: str) -> None:
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    path = out_dir / "step_probe.json"
+
+    def save():
+        path.write_text(json.dumps(res, indent=1))
+
+    which = sys.argv[2:] or ["decode", "train"]
+    if "train" in which and which[0] == "train":
+        train(res, save, out_dir)
+        which = [w for w in which if w != "train"]
+    if "decode" in which:
+        decode(res, save, out_dir)
+    if "train" in which:
+        train(res, save, out_dir)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
