@@ -232,7 +232,8 @@ class GraphDecoder:
                 token = torch.multinomial(torch.softmax(logits.float(), dim=-1), 1)
             else:
                 token = logits.argmax(dim=-1, keepdim=True)
-            history = torch.cat([history, token], dim=1)
+            if processors:  # only the repetition penalty reads what came before
+                history = torch.cat([history, token], dim=1)
             self._ids.copy_(token)  # replaces the greedy choice a step leaves there
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()  # with the GIL released (see _greedy)

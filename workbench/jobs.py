@@ -215,9 +215,14 @@ def get(job_id: str) -> Job:
     return job
 
 
+def process_count(processes: int, gpus: int) -> int:
+    """What ``processes`` means: 0 is one per visible GPU (one on a CPU)."""
+    return processes or max(gpus, 1)
+
+
 def command(job: Job, gpus: int, processes: int = 0) -> list[str]:
     """The ``accelerate launch`` command line of a job: ``processes`` (0: one per GPU, 1 on a CPU)."""
-    n = processes or max(gpus, 1)
+    n = process_count(processes, gpus)
     launch_args = ["--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no",
                    "--dynamo_backend", "no"]
     if n > 1:
@@ -235,7 +240,7 @@ def command(job: Job, gpus: int, processes: int = 0) -> list[str]:
 def rendezvous(cfg: SFTConfig, gpus: int) -> dict:
     """Variables a single DeepSpeed process needs: accelerate starts one process without torchrun,
     so none are set, and DeepSpeed's engine still builds a process group (it stops without them)."""
-    if not cfg.deepspeed or (cfg.processes or max(gpus, 1)) != 1:
+    if not cfg.deepspeed or process_count(cfg.processes, gpus) != 1:
         return {}
     return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
 
