@@ -28,7 +28,7 @@ def main(model_dir, jsonl, out=None):
         for _ in range(40):
             batch = next(it)
         result[f"load_s_per_batch_w{workers}"] = (time.time() - t) / 40
-    batch = {k: v.cuda() for k, v in batch.items()}
+    batch = {k: v.cuda() for k, v in batch.items() if k != "answer_positions"}  # model(**batch): transformers' loss
     for name, attn, tf32, amp in (("fp32-eager", "eager", False, False), ("fp32-sdpa", "sdpa", False, False),
                                   ("tf32-sdpa", "sdpa", True, False), ("bf16amp-sdpa", "sdpa", True, True)):
         torch.backends.cuda.matmul.allow_tf32 = tf32

@@ -8,8 +8,10 @@ gives its method): plain transformers + peft, sdpa, gradient checkpointing, batc
 7 tiles + 256 text tokens per step, transformers' own loss, AdamW.
 
 The workbench side is what ``workbench.sft`` runs: the recipe's settings (recipes/<model>-lora.yaml)
-through ``sft._trainable``, samples packed per step (``packing.PackingCollator`` and its attention),
-the loss with the head at answer positions only (``packing.loss``), AdamW. Trainer's own loop and
+through ``sft._trainable``, the frozen vision tower without autograd
+(``packing.frozen_vision_without_autograd``), samples packed per step (``packing.PackingCollator``
+and its attention), the loss with the head at answer positions only (``packing.loss``), in the bf16
+autocast the Trainer's accelerate applies, AdamW. Trainer's own loop and
 the data loader are left out of the step time; the data pipeline's rate (``data.encode`` of a
 7-tile image) is measured on its own so one can see that loader workers keep up.
 
@@ -73,9 +75,13 @@ def params(module) -> int:
 
 
 def step_fn(model, opt, batch, *, workbench: bool):
+    """The naive step as gpu-baseline.md has it (bf16 weights, no autocast: peft's float32 adapters
+    then multiply in float32); the workbench step as the recipe's Trainer runs it, in accelerate's
+    bf16 autocast (``bf16: true``), with the packed loss."""
     def run():
         if workbench:
-            loss = packing.loss(model, batch)
+            with torch.autocast(DEVICE, dtype=torch.bfloat16):
+                loss = packing.loss(model, batch)
         else:
             loss = model(**batch).loss
         loss.backward()
@@ -104,6 +110,7 @@ def gpu_batch(samples, *, workbench: bool):
         b = packing.PackingCollator(0)(samples)
     else:
         b = sft.Collator(0)(samples)
+        b.pop("answer_positions")  # the naive step is model(**batch) with transformers' loss
     b = to_gpu(b)
     b["pixel_values"] = b["pixel_values"].to(torch.bfloat16)
     return b
@@ -116,6 +123,7 @@ def measure_train(model, samples, *, workbench: bool, checkpointing: bool, train
         model.enable_input_require_grads()
     else:
         model.gradient_checkpointing_disable()
+    packing.frozen_vision_without_autograd(model, enabled=workbench)  # the naive path back-propagates through it
     if workbench:
         packing.use_packed_attention(model)
     else:

@@ -13,6 +13,13 @@ OUT_DIR/*.txt profiler tables (top kernels by GPU time, top ops by host time).
    and from the graph decoder, plain and compiled, on the capturing and the next turn; then the
    InternVL2-2B shape's step with SDPA attention, with ``decode_attention``, and compiled: tokens/s,
    replay time, kernels per step, tokens equal to generate's, the compile's and a regrowth's time.
+4. ``levers``: the recipe's compiled LoRA step with one change at a time (bf16 autocast as the
+   Trainer has it, the frozen vision tower without autograd, the attention inside the compiled
+   graph), then 4 and 8 packed.
+5. ``ttft``: the chat's time to first token split into processor, vision tower, prefill forward,
+   the decoder's first token, and a profile of the last.
+
+    python3 bench/step_probe.py OUT_DIR levers      (or decode, train; several may be named)
 """
 
 from __future__ import annotations
@@ -42,9 +49,11 @@ def timed(fn, n=5, warm=2):
     return time_steps(fn, warmup=warm, steps=n)
 
 
-def gpu_summary(prof, steps, out_dir, name):
+def gpu_summary(prof, steps, out_dir, name, tables=True):
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     busy_us = sum(e.time_range.elapsed_us() for e in kernels)
+    if not tables:  # the device tool brings back 8 files per call
+        return {"kernels_per_step": round(len(kernels) / steps), "gpu_busy_ms_per_step": round(busy_us / steps / 1e3, 2)}
     (out_dir / f"{name}_gpu.txt").write_text(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40))
     (out_dir / f"{name}_cpu.txt").write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
     return {"kernels_per_step": round(len(kernels) / steps), "gpu_busy_ms_per_step": round(busy_us / steps / 1e3, 2)}
@@ -243,6 +252,122 @@ def decode(res, save, out_dir):
     s.unload()
 
 
+def levers(res, save, out_dir):
+    """The recipe's compiled LoRA step (2B shape, 7 tiles + 256 text, checkpointing), one change at
+    a time: as session 7 measured it (no autocast, so peft's float32 adapters ran float32 matmuls;
+    the attention outside the compiled graph; autograd through the frozen vision tower), then in
+    bf16 autocast as the Trainer runs it, then the frozen tower without autograd, then the attention
+    inside the graph, with 2, 4 and 8 packed samples. Step time, tokens/s, host and GPU time,
+    kernels, peak memory."""
+    from transformers import AttentionInterface
+
+    recipe = SFTConfig.from_yaml(ROOT / "recipes" / "internvl2-2b-lora.yaml", {"dataset": ["unused.jsonl"]})
+    model = build("internvl2-2b")
+    img, vocab = model.config.image_token_id, model.config.text_config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    pool = [Sample(img, 7, vocab, gen) for _ in range(8)]
+    packing.use_packed_attention(model)
+    model = sft._trainable(model, recipe)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    out = res.setdefault("levers_2b_lora_gc_compiled", {})
+
+    amp = {"on": False}
+
+    def point(label, n, profiled=True):
+        batch = gpu_batch(pool[:n], workbench=True)
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp["on"]):
+                loss = packing.loss(model, batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        t0 = time.perf_counter()
+        step()
+        sync()
+        first = time.perf_counter() - t0
+        torch.cuda.reset_peak_memory_stats()
+        dt = timed(step, n=6)
+        row = {"samples": n, "first_step_s": round(first, 1), "step_ms": round(dt * 1e3, 1),
+               "tokens_per_s": round(sum(len(x.input_ids) for x in pool[:n]) / dt),
+               "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+        if profiled:
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(2):
+                    step()
+                sync()
+            row.update(gpu_summary(prof, 2, out_dir, f"levers_{label}", tables=label.startswith("one_graph")))
+            row["host_ms_per_step_profiled"] = round(prof.key_averages().self_cpu_time_total / 2 / 1e3, 1)
+        out[label] = row
+        print(label, row, flush=True)
+        save()
+        del batch
+
+    # session 7: the attention a graph break in every layer, the frozen tower tracked by autograd
+    AttentionInterface.register(packing.PACKED_ATTENTION, torch.compiler.disable(packing.packed_attention))
+    packing.frozen_vision_without_autograd(model, enabled=False)
+    packing.compile_layers(model)
+    point("session7", 2)
+    amp["on"] = True  # as the Trainer runs the recipe (bf16: accelerate's autocast); not a lever, the bench's fix
+    point("autocast", 2)
+    packing.frozen_vision_without_autograd(model)
+    point("vision_no_grad", 2)
+    torch._dynamo.reset()
+    packing.register()  # the attention as workbench.packing has it now: traced inside the layer
+    packing.compile_layers(model)
+    point("one_graph", 2)
+    for n in (4, 8):
+        point(f"one_graph_packed{n}", n, profiled=n == 4)
+    del model, opt
+    torch.cuda.empty_cache()
+
+
+def ttft(res, save, out_dir):
+    """Time to first token of the session's chat (2B shape), split: processor, vision tower, the
+    language model's prefill forward, the decoder's whole first token; and a profile of the latter
+    at 7 tiles (host time against GPU busy time)."""
+    import threading
+
+    from PIL import Image
+
+    import workbench
+    from chat_model import save_random_chat_model
+    from workbench import decode
+
+    s = workbench.load(save_random_chat_model(), name="ttft")
+    dec = decode.for_session(s)
+    rows = res.setdefault("ttft", {})
+    for tiles, img in ((1, Image.new("RGB", (448, 448), "red")), (7, Image.new("RGB", (1344, 896), "red"))):
+        conv = s.chat(log=False, trace=False, max_tiles=6 if tiles > 1 else 1)
+        turn = conv._prepare("<image>Describe the image in detail.", [img], [], conv.settings)
+        inputs = conv._inputs(turn)
+        m = s.model
+
+        def first():
+            dec.generate(inputs, max_new_tokens=1, stop_ids=[], stop_event=threading.Event(), on_token=lambda t: None)
+
+        with torch.inference_mode():
+            row = {"prompt_tokens": int(inputs["input_ids"].shape[1]),
+                   "processor_ms": round(timed(lambda: conv._inputs(turn), n=5) * 1e3, 2),
+                   "vision_ms": round(timed(lambda: m.model.get_image_features(pixel_values=inputs["pixel_values"])) * 1e3, 2),
+                   "prefill_forward_ms": round(timed(lambda: m(**inputs, logits_to_keep=1, use_cache=False)) * 1e3, 2)}
+        row["decoder_first_token_ms"] = round(timed(first, n=5) * 1e3, 2)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(2):
+                first()
+            sync()
+        row.update(gpu_summary(prof, 2, out_dir, f"ttft_{tiles}", tables=tiles == 7))
+        row["host_ms_profiled"] = round(prof.key_averages().self_cpu_time_total / 2 / 1e3, 1)
+        rows[f"{tiles}tile"] = row
+        print("ttft", tiles, row, flush=True)
+        save()
+    s.unload()
+
+
 def main(out: str) -> None:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -253,6 +378,10 @@ def main(out: str) -> None:
         path.write_text(json.dumps(res, indent=1))
 
     which = sys.argv[2:] or ["decode", "train"]
+    if "levers" in which:
+        levers(res, save, out_dir)
+    if "ttft" in which:
+        ttft(res, save, out_dir)
     if "train" in which and which[0] == "train":
         train(res, save, out_dir)
         which = [w for w in which if w != "train"]

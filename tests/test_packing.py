@@ -37,7 +37,8 @@ def grads(model):
 def test_packed_step_equals_padded_batch(tiny_dir, encoded):
     model = fresh_model(tiny_dir)
     batch = sft.Collator(0)(encoded[:3])
-    ref = model(**batch).loss  # transformers' loss over full logits, padded batch
+    padded = {k: v for k, v in batch.items() if k != "answer_positions"}
+    ref = model(**padded).loss  # transformers' loss over full logits, padded batch
     ref.backward()
     want = grads(model)
     model.zero_grad()
@@ -81,6 +82,17 @@ def test_answer_positions_are_before_labels():
     assert packing.answer_positions(labels).tolist() == [0, 1, 2]
 
 
+def test_collators_bring_the_answer_positions_from_the_host(tiny_dir, encoded):
+    """The loss then needs no nonzero() on the GPU (a stall per step); the padded loss with them
+    equals the loss that finds them itself."""
+    for batch in (sft.Collator(0)(encoded[:3]), packing.PackingCollator(0)(encoded[:3])):
+        assert torch.equal(batch["answer_positions"], packing.answer_positions(batch["labels"]))
+    model = fresh_model(tiny_dir)
+    batch = sft.Collator(0)(encoded[:3])
+    without = {k: v for k, v in batch.items() if k != "answer_positions"}
+    assert packing.loss(model, batch).item() == pytest.approx(packing.loss(model, without).item(), rel=1e-6)
+
+
 def test_saved_checkpoints_do_not_name_the_packed_attention(tiny_dir, tmp_path):
     model = fresh_model(tiny_dir)
     packing.use_packed_attention(model)
@@ -100,3 +112,42 @@ def test_compiled_layers_give_the_same_loss_for_any_length(tiny_dir, encoded):
     assert packing.compile_layers(model) == model.config.text_config.num_hidden_layers
     compiled = [packing.loss(model, a).item(), packing.loss(model, b).item()]  # two lengths, one compile
     assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+def _step_with_checkpointing(model, batch):
+    """A LoRA step as the Trainer runs it (checkpointing, input grads on), recording whether the
+    vision tower's output carries autograd; returns (that, the gradients)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()  # hooks the vision tower's patch embeddings too (transformers does)
+    model.train()
+    seen = {}
+    tower = model.get_base_model().model.vision_tower
+    handle = tower.register_forward_hook(lambda m, i, out: seen.update(grad=out.last_hidden_state.requires_grad))
+    model.zero_grad()
+    packing.loss(model, batch).backward()
+    handle.remove()
+    return seen["grad"], grads(model)
+
+
+@pytest.mark.parametrize("freeze_vision", [True, False])
+def test_a_frozen_vision_tower_runs_without_autograd(tiny_dir, encoded, freeze_vision):
+    from workbench.sft_config import SFTConfig
+
+    cfg = SFTConfig.from_yaml(EXAMPLES.parent / "recipes" / "demo-lora.yaml",
+                              {"dataset": ["x"], "freeze_vision": freeze_vision, "freeze_projector": False,
+                               "lora_dropout": 0.0})  # no dropout: the two steps compare exactly
+    model = sft._trainable(fresh_model(tiny_dir), cfg)
+    packing.use_packed_attention(model)
+    batch = packing.PackingCollator(0)(encoded[:2])
+    tracked, want = _step_with_checkpointing(model, batch)
+    assert tracked  # what transformers does on its own: autograd through the frozen tower
+    assert packing.frozen_vision_without_autograd(model) is freeze_vision
+    tracked, got = _step_with_checkpointing(model, batch)
+    assert tracked is not freeze_vision
+    assert got.keys() == want.keys()
+    assert any("multi_modal_projector" in n for n in got)  # a trained projector still learns
+    assert any("vision_tower" in n for n in got) is not freeze_vision  # LoRA on the tower when it trains
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert packing.frozen_vision_without_autograd(model, enabled=False) is False
+    assert _step_with_checkpointing(model, batch)[0]

@@ -14,6 +14,14 @@ sample bounds (generation, evaluation with padding) it is plain SDPA with the mo
 The loss. The language model's head is applied only where a label follows (the answers), through
 transformers' ``logits_to_keep``: an InternVL prompt is mostly image tokens, so this skips most of
 the head's work and the float32 logits of every image position.
+
+The frozen vision tower. transformers' ``enable_input_require_grads`` (called for gradient
+checkpointing, by peft and by the model's own ``activation_checkpointing_enable``) hooks every
+sub-model's input embeddings, the vision tower's patch embeddings too. A frozen tower then builds
+an autograd graph, is recomputed by checkpointing and back-propagated through, all for gradients
+nothing uses: on the InternVL2-2B shape that is about a third of a LoRA step's GPU time
+(bench/step_probe.py). ``frozen_vision_without_autograd`` runs such a tower under ``no_grad``; a
+trained projector after it still gets its gradients.
 """
 
 from __future__ import annotations
@@ -39,11 +47,12 @@ def use_packed_attention(model) -> None:
     model.config.get_text_config()._attn_implementation = PACKED_ATTENTION
 
 
-@torch.compiler.disable  # a Python loop over samples: kept out of compiled layers (compile_layers)
 def packed_attention(module, query, key, value, attention_mask, *, dropout: float = 0.0, scaling=None,
                      packed_bounds: tuple[int, ...] | None = None, **kwargs):
     """SDPA per packed sample. ``packed_bounds`` are the samples' start offsets plus the total
-    length, as plain ints (a tensor would cost a device sync in every layer)."""
+    length, as plain ints (a tensor would cost a device sync in every layer). Inside a compiled
+    layer (compile_layers) the loop is traced, its bounds symbolic: the layer stays one graph, and
+    only a pack with another number of samples compiles again."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if packed_bounds is None or len(packed_bounds) <= 2 or query.shape[0] != 1:
@@ -58,11 +67,25 @@ def packed_attention(module, query, key, value, attention_mask, *, dropout: floa
     return torch.cat(outputs, dim=1), None
 
 
+def frozen_vision_without_autograd(model, enabled: bool = True) -> bool:
+    """Run the vision tower under ``torch.no_grad`` when none of its parameters trains (LoRA or
+    full); ``enabled=False`` undoes it. Returns whether the tower runs without autograd now."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    tower = inner.model.vision_tower
+    tower.__dict__.pop("forward", None)  # back to the class's forward
+    if not enabled or any(p.requires_grad for p in tower.parameters()):
+        return False
+    tower.forward = torch.no_grad()(tower.forward)  # an instance attribute: nn.Module.__call__ finds it first
+    return True
+
+
 def compile_layers(model) -> int:
-    """``torch.compile`` each language-model layer (the vision tower runs once per step without
-    autograd and stays eager). What this buys is fewer, fused kernels and far less host work per
-    step: a LoRA step of a small model is otherwise bound by kernel launches (bench/perf.py).
-    Shapes are dynamic, so packs of other lengths reuse the compiled code. Returns the count."""
+    """``torch.compile`` each language-model layer (the vision tower stays eager; frozen, it runs
+    without autograd, see frozen_vision_without_autograd). What this buys is fewer, fused kernels
+    and far less host work per step: a LoRA step of a small model is otherwise bound by kernel
+    launches (bench/perf.py). Shapes are dynamic, so packs of other lengths reuse the compiled
+    code; a pack of another number of samples (an epoch's last, shorter batch) compiles once more,
+    since the attention's loop over samples is unrolled in the graph. Returns the count."""
     layers = model.get_base_model() if hasattr(model, "get_base_model") else model
     layers = layers.model.language_model.layers
     for layer in layers:
@@ -72,8 +95,9 @@ def compile_layers(model) -> int:
 
 class PackingCollator:
     """One row holding every sample of the batch end to end: ids, labels (-100 at each sample's
-    first token, which nothing before it may predict), restarting position ids, the bounds for
-    ``packed_attention``, and all tiles in order. Counts tokens for the throughput log."""
+    first token, which nothing before it may predict), the answer positions for ``loss``,
+    restarting position ids, the bounds for ``packed_attention``, and all tiles in order. Counts
+    tokens for the throughput log."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id  # unused when packing (no padding); kept so both collators build alike
@@ -88,7 +112,8 @@ class PackingCollator:
             positions += range(n)
             bounds.append(bounds[-1] + n)
         self.tokens += len(ids)
-        out = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+        labels = torch.tensor([labels])
+        out = {"input_ids": torch.tensor([ids]), "labels": labels, "answer_positions": answer_positions(labels),
                "position_ids": torch.tensor([positions]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
                "packed_bounds": tuple(bounds)}
         tiles = [b.pixel_values for b in batch if b.pixel_values is not None]
@@ -99,7 +124,9 @@ class PackingCollator:
 
 def answer_positions(labels: torch.Tensor) -> torch.Tensor:
     """The sequence positions whose next token is a label: the only ones the head must score.
-    Shared by every row (a union), so it works for padded batches too."""
+    Shared by every row (a union), so it works for padded batches too. The collators compute them
+    from the labels while those are still on the host: ``nonzero`` of a GPU tensor waits for the
+    GPU, a stall in every step."""
     following = labels[:, 1:] != -100
     return following.any(dim=0).nonzero().flatten()
 
@@ -109,7 +136,9 @@ def loss(model, inputs: dict, *, return_outputs: bool = False):
     The same value as transformers' own loss over full logits (tested)."""
     inputs = dict(inputs)
     labels = inputs.pop("labels")
-    keep = answer_positions(labels)
+    keep = inputs.pop("answer_positions", None)
+    if keep is None:
+        keep = answer_positions(labels)
     outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
     logits = outputs.logits  # (batch, len(keep), vocab)
     targets = labels[:, keep + 1]

@@ -101,6 +101,7 @@ def _setup(cfg: SFTConfig, where, spec, train_samples, val_samples, tracking, gp
     if cfg.packing:
         packing.use_packed_attention(model)
     model = _trainable(model, cfg)
+    packing.frozen_vision_without_autograd(model)
     if cfg.compile:
         packing.compile_layers(model)
     max_tiles = cfg.max_tiles or (spec.max_tiles if spec else int(getattr(processor.image_processor, "max_patches", 12)))
@@ -246,7 +247,8 @@ class SFTDataset:
 
 
 class Collator:
-    """Right-pads ids (pad token) and labels (-100), stacks every sample's tiles; counts tokens."""
+    """Right-pads ids (pad token) and labels (-100), stacks every sample's tiles, and the answer
+    positions (packing.loss); counts tokens."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -264,7 +266,8 @@ class Collator:
             labels[row, :len(b.labels)] = torch.tensor(b.labels)
             mask[row, :len(b.input_ids)] = 1
         self.tokens += int(mask.sum())
-        out = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        out = {"input_ids": ids, "labels": labels, "attention_mask": mask,
+               "answer_positions": packing.answer_positions(labels)}
         tiles = [b.pixel_values for b in batch if b.pixel_values is not None]
         if tiles:
             out["pixel_values"] = torch.cat(tiles)
