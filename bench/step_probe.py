@@ -18,6 +18,8 @@ OUT_DIR/*.txt profiler tables (top kernels by GPU time, top ops by host time).
    graph), then 4 and 8 packed.
 5. ``ttft``: the chat's time to first token split into processor, vision tower, prefill forward,
    the decoder's first token, and a profile of the last.
+6. ``sampled``: the decoder's host-side path (repetition penalty, sampling) on the demo model
+   against ``generate``.
 
     python3 bench/step_probe.py OUT_DIR levers      (or decode, train; several may be named)
 """
@@ -368,6 +370,63 @@ def ttft(res, save, out_dir):
     s.unload()
 
 
+def sampled(res, save, out_dir):
+    """The decoder's host-side path (a repetition penalty, sampling) on the trained demo model:
+    greedy with a penalty against ``generate`` with the same penalty (plain and compiled decoder,
+    the capturing turn and the next); sampling twice from one seed, and against ``generate``
+    sampling from that seed; then a plain greedy answer, which must still equal generate's."""
+    import threading
+
+    import workbench
+    from workbench import decode as dec_mod
+    from workbench import grounding
+    from workbench.demo import ensure_built
+
+    def gen(dec, inputs, **kw):
+        return dec.generate(inputs, max_new_tokens=40, stop_ids=stops, stop_event=threading.Event(),
+                            on_token=lambda t: None, **kw)[0, n:].tolist()
+
+    def same(a, b):
+        """True when the two answers are the same tokens; else where they part."""
+        return a == b or next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    demo = workbench.load(ensure_built(), name="demo")
+    conv = demo.chat(log=False, trace=False)
+    turn = conv._prepare(grounding.question("the red circle"), [str(ROOT / "examples" / "demo-shapes.png")], [],
+                         conv.settings)
+    inputs = conv._inputs(turn)
+    n = inputs["input_ids"].shape[1]
+    text = demo.model.config.get_text_config()
+    eos = demo.model.generation_config.eos_token_id
+    stops = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    rows = res.setdefault("sampled_path", {"max_new_tokens": 40})
+    for comp in (False, True):
+        text._attn_implementation = "sdpa"
+        want_pen = demo.model.generate(**inputs, max_new_tokens=40, do_sample=False,
+                                       repetition_penalty=1.3)[0, n:].tolist()
+        want = demo.model.generate(**inputs, max_new_tokens=40, do_sample=False)[0, n:].tolist()
+        torch.manual_seed(7)
+        want_sample = demo.model.generate(**inputs, max_new_tokens=40, do_sample=True, temperature=0.8, top_p=0.9,
+                                          top_k=0)[0, n:].tolist()
+        dec = dec_mod.GraphDecoder(demo.model, compile=comp)
+        row = {}
+        for turn_no in (1, 2):
+            row[f"penalty_turn{turn_no}_same"] = same(gen(dec, inputs, repetition_penalty=1.3), want_pen)
+        draws = []
+        for _ in range(2):
+            torch.manual_seed(7)
+            draws.append(gen(dec, inputs, do_sample=True, temperature=0.8, top_p=0.9))
+        row["sampled_twice_same"] = same(*draws)
+        row["sampled_vs_generate_same"] = same(draws[0], want_sample)
+        row["sampled_answer"] = demo.tokenizer.decode(draws[0], skip_special_tokens=True)
+        row["greedy_after_same"] = same(gen(dec, inputs), want)
+        row["answer_tokens"] = len(want)
+        rows["compiled" if comp else "graph"] = row
+        print("sampled", comp, row, flush=True)
+        save()
+    demo.unload()
+
+
 def main(out: str) -> None:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -382,6 +441,8 @@ def main(out: str) -> None:
         levers(res, save, out_dir)
     if "ttft" in which:
         ttft(res, save, out_dir)
+    if "sampled" in which:
+        sampled(res, save, out_dir)
     if "train" in which and which[0] == "train":
         train(res, save, out_dir)
         which = [w for w in which if w != "train"]

@@ -109,9 +109,13 @@ def test_compiled_layers_give_the_same_loss_for_any_length(tiny_dir, encoded):
     model = sft._trainable(model, SFTConfig.from_yaml(EXAMPLES.parent / "recipes" / "demo-lora.yaml", {"dataset": ["x"]}))
     a, b = packing.PackingCollator(0)(encoded[:3]), packing.PackingCollator(0)(encoded[3:])
     eager = [packing.loss(model, a).item(), packing.loss(model, b).item()]
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     assert packing.compile_layers(model) == model.config.text_config.num_hidden_layers
     compiled = [packing.loss(model, a).item(), packing.loss(model, b).item()]  # two lengths, one compile
     assert compiled == pytest.approx(eager, rel=1e-4)
+    assert not counters["graph_break"]  # the packed attention is traced inside each layer, not cut out of it
 
 
 def _step_with_checkpointing(model, batch):
