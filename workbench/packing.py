@@ -67,11 +67,15 @@ def packed_attention(module, query, key, value, attention_mask, *, dropout: floa
     return torch.cat(outputs, dim=1), None
 
 
+def _unwrapped(model):
+    """The InternVL model itself, inside peft's wrapper or not."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def frozen_vision_without_autograd(model, enabled: bool = True) -> bool:
     """Run the vision tower under ``torch.no_grad`` when none of its parameters trains (LoRA or
     full); ``enabled=False`` undoes it. Returns whether the tower runs without autograd now."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    tower = inner.model.vision_tower
+    tower = _unwrapped(model).model.vision_tower
     tower.__dict__.pop("forward", None)  # back to the class's forward
     if not enabled or any(p.requires_grad for p in tower.parameters()):
         return False
@@ -86,8 +90,7 @@ def compile_layers(model) -> int:
     launches (bench/perf.py). Shapes are dynamic, so packs of other lengths reuse the compiled
     code; a pack of another number of samples (an epoch's last, shorter batch) compiles once more,
     since the attention's loop over samples is unrolled in the graph. Returns the count."""
-    layers = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = layers.model.language_model.layers
+    layers = _unwrapped(model).model.language_model.layers
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
