@@ -116,13 +116,18 @@ def gpu_batch(samples, *, workbench: bool):
     return b
 
 
-def measure_train(model, samples, *, workbench: bool, checkpointing: bool, trainable, useful_per_sample):
-    """One configuration: step time, tokens/s, samples/s, useful TFLOP/s, MFU, peak GiB."""
-    if checkpointing:
+def measure_train(model, samples, *, workbench: bool, share: float, trainable, useful_per_sample):
+    """One configuration: step time, tokens/s, samples/s, useful TFLOP/s, MFU, peak GiB. ``share``:
+    of the language-model layers checkpointed (1 every one, 0 none; the workbench's
+    ``packing.checkpoint_layers``, the recipe's ``checkpoint_share``)."""
+    if share and workbench:
+        packing.checkpoint_layers(model, share)
+    elif share:  # the naive path: transformers' own, every layer
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
     else:
         model.gradient_checkpointing_disable()
+    if share:
+        model.enable_input_require_grads()
     packing.frozen_vision_without_autograd(model, enabled=workbench)  # the naive path back-propagates through it
     if workbench:
         packing.use_packed_attention(model)
@@ -151,8 +156,8 @@ def measure_train(model, samples, *, workbench: bool, checkpointing: bool, train
 
 
 def train_arch(arch: str, results: dict, save, args) -> None:
-    """The naive step, then packed steps of 1..8 samples with and without gradient checkpointing;
-    with ``--compile`` the packed steps run with compiled layers (``packing.compile_layers``, the
+    """The naive step, then packed steps of 1..8 samples with gradient checkpointing on every layer,
+    on none, and (``--partial``) on a share of them; with ``--compile`` the packed steps run with compiled layers (``packing.compile_layers``, the
     recipe's ``compile: true``), measured after the one-time compile, whose time is recorded."""
     name = f"{arch}-lora.yaml" if (ROOT / "recipes" / f"{arch}-lora.yaml").exists() else "demo-lora.yaml"
     recipe = SFTConfig.from_yaml(ROOT / "recipes" / name, {"dataset": ["unused.jsonl"]})
@@ -176,8 +181,9 @@ def train_arch(arch: str, results: dict, save, args) -> None:
         rows = out.setdefault(mode, {})
         rows.update({"trainable_params": sum(p.numel() for p in trainable), "llm_params": llm, "vit_params": vit,
                      "lora_dropout": cfg.lora_dropout if mode == "lora" else None})
-        pool = [Sample(img, 7, vocab, gen) for _ in range(max(args.batches + args.nogc))]
-        rows["naive"] = measure_train(model, pool[:1], workbench=False, checkpointing=True, trainable=trainable,
+        runs = [(1.0, b) for b in args.batches] + [(0.0, b) for b in args.nogc] + [(s, b) for b, s in args.partial]
+        pool = [Sample(img, 7, vocab, gen) for _ in range(max([2] + [b for _, b in runs]))]
+        rows["naive"] = measure_train(model, pool[:1], workbench=False, share=1.0, trainable=trainable,
                                       useful_per_sample=useful(7))
         print(arch, mode, "naive", rows["naive"], flush=True)
         save()
@@ -185,29 +191,33 @@ def train_arch(arch: str, results: dict, save, args) -> None:
         if args.compile:
             t0 = time.perf_counter()
             packing.compile_layers(model)
-            measure_train(model, pool[:2], workbench=True, checkpointing=True, trainable=trainable,
+            measure_train(model, pool[:2], workbench=True, share=1.0, trainable=trainable,
                           useful_per_sample=useful(7))  # triggers (and so times) the compile
             rows["compile_s"] = round(time.perf_counter() - t0, 1)
             suffix = "_compiled"
-        for ckpt, batches in ((True, args.batches), (False, args.nogc)):
-            for b in batches:
-                key = f"packed{b}_{'gc' if ckpt else 'nogc'}{suffix}"
-                rows[key] = measure_train(model, pool[:b], workbench=True, checkpointing=ckpt, trainable=trainable,
-                                          useful_per_sample=useful(7))
-                rows[key]["x_naive"] = _ratio(rows[key], rows["naive"])
-                print(arch, mode, key, rows[key], flush=True)
-                save()
+        for share, b in runs:
+            key = f"packed{b}_{'gc' if share == 1 else 'nogc' if share == 0 else f'gc{share:g}'}{suffix}"
+            rows[key] = measure_train(model, pool[:b], workbench=True, share=share, trainable=trainable,
+                                      useful_per_sample=useful(7))
+            rows[key]["x_naive"] = _ratio(rows[key], rows["naive"])
+            print(arch, mode, key, rows[key], flush=True)
+            save()
         if mode == "lora" and args.tiles:  # growth with tiles: naive vs 4 packed, checkpointing on
             for tiles in (1, 4, 7, 13):
                 few = [Sample(img, tiles, vocab, gen) for _ in range(4)]
                 # after compile_layers the batch-1 row runs compiled layers too: not the naive path then
                 for label, wb, b in ((f"batch1{suffix}" if suffix else "naive", False, 1), (f"packed4{suffix}", True, 4)):
-                    rows[f"tiles{tiles}_{label}"] = measure_train(model, few[:b], workbench=wb, checkpointing=True,
+                    rows[f"tiles{tiles}_{label}"] = measure_train(model, few[:b], workbench=wb, share=1.0,
                                                                   trainable=trainable, useful_per_sample=useful(tiles))
                 save()
         del model, trainable
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
+
+
+def _pack_share(text: str) -> tuple[int, float]:
+    b, _, s = text.partition(":")
+    return int(b), float(s)
 
 
 def _ratio(fast: dict, naive: dict):
@@ -249,7 +259,7 @@ def chat(results: dict, save, quick: bool) -> None:
     work = save_random_chat_model()
     out = results.setdefault("chat", {"model": "internvl2-2b shape", "new_tokens": 128})
     images = {1: Image.new("RGB", (448, 448), "red"), 7: Image.new("RGB", (1344, 896), "red")}
-    naive = {}
+    naive, naive_ids = {}, {}
     # the session as loaded by default, then with compile=True (the decode step compiled before
     # capture; its first answer pays the compile), then under a per-GPU budget
     for budget, comp in [(None, False), (None, True)] + ([] if quick else [("12GB", False)]):
@@ -258,9 +268,12 @@ def chat(results: dict, save, quick: bool) -> None:
         decoder = decode.for_session(s)
         for tiles, img in images.items():
             key = f"{tiles}tile" + ("_compiled" if comp else "") + (f"_budget{budget}" if budget else "")
-            runs = [_timed_ask(s.chat(log=False, trace=False, max_tiles=6 if tiles > 1 else 1), img, 128) for _ in range(3)]
+            runs = [_timed_ask(s.chat(log=False, trace=False, max_tiles=6 if tiles > 1 else 1), img, 128) for _ in range(6)]
             row = {"session_first": runs[0], "session": runs[-1], "decoder_mode": decoder.mode if decoder else None,
-                   "compiled": bool(decoder and decoder.compiled)}
+                   "compiled": bool(decoder and decoder.compiled),
+                   "prefill_compiled": bool(decoder and decoder.prefill_compiled),
+                   "ttft_s_median": sorted(r["ttft_s"] for r in runs[1:])[2],  # of the five after the first
+                   "decode_tok_s_median": sorted(r["decode_tok_s"] for r in runs[1:])[2]}
             conv = s.chat(log=False, trace=False, max_tiles=6 if tiles > 1 else 1)
             turn = conv._prepare("<image>Describe the image in detail.", [img], [], conv.settings)
             t0 = time.perf_counter()
@@ -277,10 +290,16 @@ def chat(results: dict, save, quick: bool) -> None:
                 row["decoder_prefill_s"] = round(time.perf_counter() - t0, 4)
             if budget is None:
                 if tiles not in naive:
-                    naive[tiles] = _naive_generate(s.model, inputs)
+                    naive[tiles], naive_ids[tiles] = _naive_generate(s.model, inputs)
                 row["naive"] = naive[tiles]
-                row["x_naive_decode"] = round(row["session"]["decode_tok_s"] / row["naive"]["decode_tok_s"], 2)
-                row["x_naive_ttft"] = round(row["naive"]["ttft_s"] / row["session"]["ttft_s"], 2)
+                row["x_naive_decode"] = round(row["decode_tok_s_median"] / row["naive"]["decode_tok_s"], 2)
+                row["x_naive_ttft"] = round(row["naive"]["ttft_s"] / row["ttft_s_median"], 2)
+                if decoder is not None:  # greedy: the decoder's 128 tokens against generate's (True, or where they part)
+                    got = decoder.generate(inputs, max_new_tokens=128, stop_ids=[], stop_event=threading.Event(),
+                                           on_token=lambda t: None)[0].tolist()
+                    want = naive_ids[tiles]
+                    row["same_tokens_as_generate"] = got == want or next(
+                        (i - row["prompt_tokens"] for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
             row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             out[key] = row
             print("chat", key, json.dumps(row), flush=True)
@@ -313,7 +332,8 @@ def _naive_generate(model, inputs):
 
 
 def _naive_runs(model, inputs):
-    res = {}
+    """The timings, and the prompt and answer ids of the last 128-token answer."""
+    res, ids = {}, None
     for _ in range(2):  # the second of each is kept (the first warms up)
         torch.cuda.synchronize(); t0 = time.perf_counter()
         model.generate(**inputs, max_new_tokens=1, do_sample=False)
@@ -323,7 +343,7 @@ def _naive_runs(model, inputs):
         torch.cuda.synchronize(); total = time.perf_counter() - t0
         k = int(ids.shape[1] - inputs["input_ids"].shape[1])
         res = {"ttft_s": round(ttft, 4), "total_s": round(total, 3), "tokens": k, "decode_tok_s": round((k - 1) / (total - ttft), 1)}
-    return res
+    return res, ids[0].tolist()
 
 
 def matmul_rate() -> float:
@@ -350,6 +370,8 @@ def main() -> None:
     ap.add_argument("--modes", nargs="*", default=["lora", "full"])
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 2, 4, 8], help="packed samples per step, checkpointing on")
     ap.add_argument("--nogc", nargs="*", type=int, default=[1, 2, 4, 8], help="the same, checkpointing off")
+    ap.add_argument("--partial", nargs="*", type=_pack_share, default=[], metavar="B:S",
+                    help="B packed samples with a share S of the layers checkpointed (recipe: checkpoint_share)")
     ap.add_argument("--compile", action="store_true", help="packed steps with compiled layers (recipe: compile: true)")
     ap.add_argument("--tiles", action="store_true", help="LoRA step time at 1, 4, 7, 13 tiles")
     ap.add_argument("--merge", help="a results file of an earlier call to add these points to")

@@ -17,7 +17,8 @@ OUT_DIR/*.txt profiler tables (top kernels by GPU time, top ops by host time).
    Trainer has it, the frozen vision tower without autograd, the attention inside the compiled
    graph), then 4 and 8 packed.
 5. ``ttft``: the chat's time to first token split into processor, vision tower, prefill forward,
-   the decoder's first token, and a profile of the last; then with the prefill compiled (a probe).
+   the decoder's first token, and a profile of the last; what the user waits for end to end; then
+   all of it again with the prefill compiled (``GraphDecoder.compile_prefill``, part of compile=True).
 6. ``sampled``: the decoder's host-side path (repetition penalty, sampling) on the demo model
    against ``generate``.
 
@@ -331,9 +332,9 @@ def levers(res, save, out_dir):
 def ttft(res, save, out_dir):
     """Time to first token of the session's chat (2B shape), split: processor, vision tower, the
     language model's prefill forward, the decoder's whole first token; and a profile of the latter
-    at 7 tiles (host time against GPU busy time). Then a lever not in the workbench yet: the
-    prefill through a compiled language model and vision tower (dynamic shapes), timed after its
-    compile, the captured decode step unchanged."""
+    at 7 tiles (host time against GPU busy time). Then the prefill through the compiled language
+    model and vision tower (dynamic shapes) that ``compile=True`` brings, timed after its compile,
+    the captured decode step unchanged."""
     import threading
 
     from PIL import Image
@@ -381,10 +382,99 @@ def ttft(res, save, out_dir):
             print("ttft", tiles, label, row, flush=True)
             save()
 
+    def end_to_end(label):
+        """What the user waits for: Conversation.stream to its first text, split into the turn's
+        preparation (images, template), the processor, and the worker's first piece; then a host
+        profile of the caller's thread over one ask (the worker thread is the torch profile's)."""
+        import cProfile
+        import io
+        import pstats
+
+        for tiles, img in images:
+            def ask():
+                conv = s.chat(log=False, trace=False, max_tiles=6 if tiles > 1 else 1)
+                t0 = time.perf_counter()
+                gen = conv.stream("<image>Describe the image in detail.", [img], max_new_tokens=1)
+                next(gen)
+                first = time.perf_counter() - t0
+                for _ in gen:
+                    pass
+                return first, conv.turns[-1].first_token_s
+
+            for _ in range(2):
+                ask()
+            firsts, worker = zip(*(ask() for _ in range(7)))
+            conv = s.chat(log=False, trace=False, max_tiles=6 if tiles > 1 else 1)
+            turn = conv._prepare("<image>Describe the image in detail.", [img], [], conv.settings)
+            row = {"first_text_ms_median": round(sorted(firsts)[3] * 1e3, 2), "first_text_ms_min": round(min(firsts) * 1e3, 2),
+                   "worker_first_piece_ms_median": round(sorted(worker)[3] * 1e3, 2),
+                   "prepare_ms": round(timed(lambda: conv._prepare("<image>Describe the image in detail.", [img], [],
+                                                                    conv.settings), n=5) * 1e3, 2),
+                   "inputs_ms": round(timed(lambda: conv._inputs(turn), n=5) * 1e3, 2)}
+            if tiles == 7:
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(3):
+                    ask()
+                prof.disable()
+                text = io.StringIO()
+                pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(45)
+                (out_dir / f"ttft_host{label}.txt").write_text(text.getvalue())
+            rows[f"{tiles}tile_end_to_end{label}"] = row
+            print("ttft end to end", tiles, label, row, flush=True)
+            save()
+
     measure("", profiled=True)
-    m.model.language_model.compile(dynamic=True)
-    m.model.vision_tower.compile(dynamic=True)
+    end_to_end("")
+    dec.compile_prefill(True)  # what compile=True does (the captured decode step left as it is here)
     measure("_compiled_prefill", profiled=False)
+    end_to_end("_compiled_prefill")
+    s.unload()
+
+
+def ttft_compiled(res, save, out_dir):
+    """A ``compile=True`` session as a user has it (decode step and prefill compiled): the first
+    text of Conversation.stream for answers of 1 and of 128 tokens, and the decoder's first token
+    from prepared inputs, each the median of 7 after the compiles (timed too)."""
+    import threading
+
+    from PIL import Image
+
+    import workbench
+    from chat_model import save_random_chat_model
+    from workbench import decode
+
+    s = workbench.load(save_random_chat_model(), name="ttft-compiled", compile=True)
+    dec = decode.for_session(s)
+    rows = res.setdefault("ttft_compile_true", {})
+    question = "<image>Describe the image in detail."
+    for tiles, img in ((1, Image.new("RGB", (448, 448), "red")), (7, Image.new("RGB", (1344, 896), "red"))):
+        def first_text(n):
+            conv = s.chat(log=False, trace=False, max_tiles=6 if tiles > 1 else 1)
+            t0 = time.perf_counter()
+            gen = conv.stream(question, [img], max_new_tokens=n)
+            next(gen)
+            first = time.perf_counter() - t0
+            for _ in gen:
+                pass
+            return first
+
+        t0 = time.perf_counter()
+        first_text(128)
+        row = {"first_ask_s": round(time.perf_counter() - t0, 1)}
+        for n in (1, 128):
+            times = sorted(first_text(n) for _ in range(7))
+            row[f"first_text_ms_{n}_tokens"] = {"median": round(times[3] * 1e3, 2), "min": round(times[0] * 1e3, 2)}
+        conv = s.chat(log=False, trace=False, max_tiles=6 if tiles > 1 else 1)
+        inputs = conv._inputs(conv._prepare(question, [img], [], conv.settings))
+        row["processor_ms"] = round(timed(lambda: conv._inputs(conv._prepare(question, [img], [], conv.settings)),
+                                          n=7) * 1e3, 2)
+        row["decoder_first_token_ms"] = round(timed(lambda: dec.generate(
+            inputs, max_new_tokens=1, stop_ids=[], stop_event=threading.Event(), on_token=lambda t: None), n=7) * 1e3, 2)
+        row.update(compiled=dec.compiled, prefill_compiled=dec.prefill_compiled, mode=dec.mode)
+        rows[f"{tiles}tile"] = row
+        print("ttft_compiled", tiles, row, flush=True)
+        save()
     s.unload()
 
 
@@ -459,6 +549,8 @@ def main(out: str) -> None:
         levers(res, save, out_dir)
     if "ttft" in which:
         ttft(res, save, out_dir)
+    if "ttft_compiled" in which:
+        ttft_compiled(res, save, out_dir)
     if "sampled" in which:
         sampled(res, save, out_dir)
     if "train" in which and which[0] == "train":

@@ -116,7 +116,25 @@ def test_a_warm_up_step_is_undone(tiny, inputs):
 def test_compile_applies_to_the_captured_gpu_step_only(tiny, inputs):
     dec = decode.GraphDecoder(tiny.model, compile=True)
     assert dec.mode == "eager" and not dec.compiled  # a CPU: the eager step, uncompiled, as before
+    assert not dec.prefill_compiled
     want = tiny.model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     got = dec.generate(inputs, max_new_tokens=6, stop_ids=[], stop_event=threading.Event(), on_token=lambda t: None)
     assert got.tolist() == want.tolist()
     assert dec.capacity % decode.CAPACITY_STEP == 0 and dec.capacity < inputs["input_ids"].shape[1] + 6 + decode.CAPACITY_STEP
+
+
+@pytest.mark.slow
+def test_the_compiled_prefill_gives_generates_tokens_and_comes_off_again(tiny, inputs):
+    """compile=True's prefill (on a GPU): the language model and the vision tower compiled in place
+    for dynamic shapes. Here on the CPU, where every step then runs through them."""
+    dec = decode.GraphDecoder(tiny.model)
+    want = tiny.model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    modules = [tiny.model.model.language_model, tiny.model.model.vision_tower]
+    dec.compile_prefill(True)
+    try:
+        assert all(m._compiled_call_impl is not None for m in modules)
+        got = dec.generate(inputs, max_new_tokens=6, stop_ids=[], stop_event=threading.Event(), on_token=lambda t: None)
+        assert got.tolist() == want.tolist()
+    finally:
+        dec.compile_prefill(False)
+    assert not dec.prefill_compiled and all(m._compiled_call_impl is None for m in modules)

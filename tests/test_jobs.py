@@ -2,6 +2,7 @@
 server: finish, cancel and resume, crash, a new kernel finding jobs, merge, pyfunc, CLI."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -139,14 +140,18 @@ def test_cancel_keeps_checkpoint_and_resume_continues(dataset, demo_dir, mlflow_
 
 
 def test_two_processes_log_once_and_resume_on_one(dataset, demo_dir, mlflow_server):
-    """Data parallel on the CPU: two processes over gloo (the DDP path GPUs take over NCCL). Only
-    rank 0 records (no step twice in MLflow); the checkpoint resumes on one process."""
+    """Data parallel on the CPU: two processes over gloo (the DDP path GPUs take over NCCL), with
+    half the layers checkpointed as the 8B recipe has it. Only rank 0 records (no step twice in
+    MLflow); the checkpoint resumes on one process."""
     job = jobs.launch(REPO / "recipes" / "demo-lora.yaml", dataset=[str(dataset / "train.jsonl")],
-                      max_steps=16, save_steps=4, processes=2, register_as="test-ddp")
+                      max_steps=16, save_steps=4, processes=2, gradient_checkpointing=True, checkpoint_share=0.5,
+                      register_as="test-ddp")
     cmd = job.record["command"]
     assert "--multi_gpu" in cmd and cmd[cmd.index("--num_processes") + 1] == "2"
     wait_for(lambda: job.checkpoints() or job.state not in ("starting", "running"), 600, "a checkpoint")
     assert job.state == "running", job.log_tail()
+    half = re.search(r"gradient checkpointing: (\d+) of (\d+) language-model layers", job.log_tail(100_000))
+    assert half and 2 * int(half[1]) == int(half[2]), job.log_tail()
     job.cancel()
     assert job.state == "killed"
     first = metric_steps(mlflow_server, job.run_id, "loss")

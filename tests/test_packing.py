@@ -155,3 +155,68 @@ def test_a_frozen_vision_tower_runs_without_autograd(tiny_dir, encoded, freeze_v
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
     assert packing.frozen_vision_without_autograd(model, enabled=False) is False
     assert _step_with_checkpointing(model, batch)[0]
+
+
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_a_share_of_the_layers_is_checkpointed(tiny_dir, encoded, share):
+    """Checkpointed layers run their forward twice per step (again in backward), the others once;
+    the gradients are those of a step without checkpointing."""
+    from workbench.sft_config import SFTConfig
+
+    cfg = SFTConfig.from_yaml(EXAMPLES.parent / "recipes" / "demo-lora.yaml", {"dataset": ["x"], "lora_dropout": 0.0})
+    model = sft._trainable(fresh_model(tiny_dir), cfg)
+    packing.use_packed_attention(model)
+    model.train()
+    batch = packing.PackingCollator(0)(encoded[:2])
+    layers = model.get_base_model().model.language_model.layers
+    calls = [0] * len(layers)
+    for i, layer in enumerate(layers):  # on the MLP: transformers may keep the layer's own hooks out of the recompute
+        layer.mlp.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
+
+    def step():
+        calls[:] = [0] * len(layers)
+        model.zero_grad()
+        packing.loss(model, batch).backward()
+        return grads(model)
+
+    want = step()
+    assert calls == [1] * len(layers)
+    n = packing.checkpoint_layers(model, share)
+    assert n == (len(layers) if share == 1 else len(layers) // 2)
+    got = step()
+    assert calls == [2 if layer.gradient_checkpointing else 1 for layer in layers]
+    assert sum(c == 2 for c in calls) == n
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_layers_with_half_of_them_checkpointed(tiny_dir, encoded):
+    """The recipe's compile: true with checkpoint_share 0.5: the same loss and gradients as eager
+    without checkpointing, and each layer one graph."""
+    from torch._dynamo.utils import counters
+
+    from workbench.sft_config import SFTConfig
+
+    cfg = SFTConfig.from_yaml(EXAMPLES.parent / "recipes" / "demo-lora.yaml", {"dataset": ["x"], "lora_dropout": 0.0})
+    model = sft._trainable(fresh_model(tiny_dir), cfg)
+    packing.use_packed_attention(model)
+    model.train()
+    batch = packing.PackingCollator(0)(encoded[:3])
+
+    def step():
+        model.zero_grad()
+        value = packing.loss(model, batch)
+        value.backward()
+        return value.item(), grads(model)
+
+    want_loss, want = step()
+    counters.clear()
+    assert packing.checkpoint_layers(model, 0.5) == 1
+    packing.compile_layers(model)
+    got_loss, got = step()
+    assert got_loss == pytest.approx(want_loss, rel=1e-4)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-3, atol=1e-5, msg=name)
+    assert not counters["graph_break"]

@@ -70,3 +70,13 @@ def test_deepspeed_presets_and_a_single_process(tmp_path):
     assert single["WORLD_SIZE"] == "1" and single["RANK"] == "0" and single["MASTER_PORT"].isdigit()
     assert jobs.rendezvous(cfg(deepspeed="zero2"), gpus=2) == {}  # torchrun sets them for several processes
     assert jobs.rendezvous(cfg(), gpus=1) == {}
+
+
+def test_checkpoint_share_is_checked():
+    cfg(gradient_checkpointing=True, checkpoint_share=0.5).check(gpus=0)
+    with pytest.raises(UserInputError, match=r"checkpoint_share must be in \(0, 1\].*set gradient_checkpointing false"):
+        cfg(gradient_checkpointing=True, checkpoint_share=0).check(gpus=0)
+    with pytest.raises(UserInputError, match="checkpoint_share must be in"):
+        cfg(gradient_checkpointing=True, checkpoint_share=1.5).check(gpus=0)
+    with pytest.raises(UserInputError, match="without gradient_checkpointing does nothing: set gradient_checkpointing true"):
+        cfg(checkpoint_share=0.5).check(gpus=0)

@@ -61,7 +61,7 @@ class Session:
     adapter: str | None = None
     info: dict = field(default_factory=dict)
     decoder: object = field(default=None, repr=False)  # workbench.decode.GraphDecoder, made on first chat
-    compile: bool = False  # compile the decode step before its CUDA graph is captured (workbench.decode)
+    compile: bool = False  # compile the chat's prefill and decode step (workbench.decode)
 
     @property
     def tokenizer(self):
@@ -190,8 +190,9 @@ def load(model: str | os.PathLike | None = None, *, dtype: str | torch.dtype | N
          compile: bool = False) -> Session:
     """Load a model into a named session. See the module docstring; every argument is checked
     before weights are read. ``compile=True`` (one CUDA device) compiles the chat's decode step
-    before its CUDA graph is captured: about 1.6x the tokens/s, paid for once by the first answer
-    (about a minute for a 2B model on an H200, bench/README.md)."""
+    before its CUDA graph is captured (about 1.6x the tokens/s) and its prefill (the first token
+    sooner), paid for once by the first answers (one to three minutes for a 2B model on an H200,
+    bench/README.md)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     # 1. Check the request.

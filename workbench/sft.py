@@ -102,6 +102,10 @@ def _setup(cfg: SFTConfig, where, spec, train_samples, val_samples, tracking, gp
         packing.use_packed_attention(model)
     model = _trainable(model, cfg)
     packing.frozen_vision_without_autograd(model)
+    if cfg.gradient_checkpointing:  # here, not by the Trainer, which cannot checkpoint a share of the layers
+        n = packing.checkpoint_layers(model, cfg.checkpoint_share)
+        print(f"gradient checkpointing: {n} of {model.config.get_text_config().num_hidden_layers} language-model "
+              "layers", flush=True)
     if cfg.compile:
         packing.compile_layers(model)
     max_tiles = cfg.max_tiles or (spec.max_tiles if spec else int(getattr(processor.image_processor, "max_patches", 12)))
@@ -117,9 +121,8 @@ def _setup(cfg: SFTConfig, where, spec, train_samples, val_samples, tracking, gp
         save_total_limit=cfg.save_total_limit, eval_strategy="steps" if val_set else "no",
         eval_steps=cfg.eval_steps or cfg.save_steps, seed=cfg.seed,
         bf16=dtype == torch.bfloat16 or cfg.dtype == "bf16-mixed",
-        fp16=dtype == torch.float16, gradient_checkpointing=cfg.gradient_checkpointing,
-        deepspeed=_deepspeed(cfg), report_to=[], remove_unused_columns=False, dataloader_num_workers=cfg.num_workers,
-        use_cpu=not gpus, disable_tqdm=True, save_only_model=False,
+        fp16=dtype == torch.float16, deepspeed=_deepspeed(cfg), report_to=[], remove_unused_columns=False,
+        dataloader_num_workers=cfg.num_workers, use_cpu=not gpus, disable_tqdm=True, save_only_model=False,
         prediction_loss_only=True,  # evaluation needs the loss (and the tracker's own generations), not logits
     )
     Path(out).mkdir(parents=True, exist_ok=True)  # the settings travel with the checkpoints (infer --ckpt, merge)

@@ -41,6 +41,9 @@ class SFTConfig:
     batch_size: int = 1
     grad_accum: int = 1
     gradient_checkpointing: bool = False
+    # With checkpointing on: the share of language-model layers that recompute in backward (spread
+    # evenly; workbench.packing.checkpoint_layers). Less recompute, more activation memory.
+    checkpoint_share: float = 1.0
     # Each step's samples end to end in one sequence, no attention across them (workbench.packing):
     # no padding, and far fewer, larger kernels than one sample at a time. Off: padded batches.
     packing: bool = True
@@ -154,6 +157,12 @@ class SFTConfig:
         elif gpus and self.processes > gpus:
             p.append(f"processes {self.processes} but {gpus} GPU(s) are visible: set processes ≤ {gpus} "
                      "(or 0 for one per GPU), or make more GPUs visible (CUDA_VISIBLE_DEVICES).")
+        if not 0 < self.checkpoint_share <= 1:
+            p.append(f"checkpoint_share must be in (0, 1] (the share of layers checkpointed), got {self.checkpoint_share}; "
+                     "to checkpoint none, set gradient_checkpointing false.")
+        elif self.checkpoint_share < 1 and not self.gradient_checkpointing:
+            p.append(f"checkpoint_share {self.checkpoint_share} without gradient_checkpointing does nothing: "
+                     "set gradient_checkpointing true, or drop checkpoint_share.")
         if self.max_steps <= 0 and self.num_epochs <= 0:
             p.append("set num_epochs > 0 or max_steps > 0.")
         if not 0 <= self.val_split < 1:

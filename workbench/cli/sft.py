@@ -24,6 +24,7 @@ FLAGS = {  # flag → (type, help); each maps to the SFTConfig field of the same
     "num_epochs": (float, None), "max_steps": (int, "overrides --num-epochs when > 0"),
     "learning_rate": (float, None), "lr_scheduler": (str, None), "warmup_ratio": (float, None),
     "batch_size": (int, None), "grad_accum": (int, None),
+    "checkpoint_share": (float, "with --gradient-checkpointing true: the share of layers checkpointed (default 1)"),
     "deepspeed": (str, "zero2, zero3 or a JSON config path"),
     "processes": (int, "data-parallel processes: 0 = one per visible GPU (1 on a CPU)"),
     "dtype": (str, "auto, bf16, fp16 or fp32"),
