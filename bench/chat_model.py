@@ -26,7 +26,8 @@ def save_random_chat_model(arch: str = "internvl2-2b") -> Path:
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = InternVLForConditionalGeneration(cfg).to(torch.bfloat16)
-    silent = [i for i in range(len(tok)) if "\ufffd" in tok.decode([i]) or not tok.decode([i])]
+    texts = [tok.decode([i]) for i in range(len(tok))]
+    silent = [i for i, text in enumerate(texts) if not text or "\ufffd" in text]
     with torch.no_grad():
         model.lm_head.weight[len(tok):] = 0
         model.lm_head.weight[[tok.eos_token_id, tok.pad_token_id, *silent]] = 0

@@ -41,6 +41,7 @@ from workbench.architectures import build_config  # noqa: E402
 from workbench.sft_config import SFTConfig  # noqa: E402
 
 TILE_TOKENS, PATCHES_PER_TILE, TEXT_TOKENS = 256, 1025, 256
+QUESTION = "<image>Describe the image in detail."  # every chat measurement asks this
 DENSE_BF16_PEAK = 989e12  # H100/H200 SXM datasheet, dense bf16: the MFU denominator
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU only for a smoke test of this script
 
@@ -157,8 +158,9 @@ def measure_train(model, samples, *, workbench: bool, share: float, trainable, u
 
 def train_arch(arch: str, results: dict, save, args) -> None:
     """The naive step, then packed steps of 1..8 samples with gradient checkpointing on every layer,
-    on none, and (``--partial``) on a share of them; with ``--compile`` the packed steps run with compiled layers (``packing.compile_layers``, the
-    recipe's ``compile: true``), measured after the one-time compile, whose time is recorded."""
+    on none, and (``--partial``) on a share of them; with ``--compile`` the packed steps run with
+    compiled layers (``packing.compile_layers``, the recipe's ``compile: true``), measured after
+    the one-time compile, whose time is recorded."""
     name = f"{arch}-lora.yaml" if (ROOT / "recipes" / f"{arch}-lora.yaml").exists() else "demo-lora.yaml"
     recipe = SFTConfig.from_yaml(ROOT / "recipes" / name, {"dataset": ["unused.jsonl"]})
     out = results.setdefault("train", {}).setdefault(arch, {"recipe": f"recipes/{name}"})
@@ -275,7 +277,7 @@ def chat(results: dict, save, quick: bool) -> None:
                    "ttft_s_median": sorted(r["ttft_s"] for r in runs[1:])[2],  # of the five after the first
                    "decode_tok_s_median": sorted(r["decode_tok_s"] for r in runs[1:])[2]}
             conv = s.chat(log=False, trace=False, max_tiles=6 if tiles > 1 else 1)
-            turn = conv._prepare("<image>Describe the image in detail.", [img], [], conv.settings)
+            turn = conv._prepare(QUESTION, [img], [], conv.settings)
             t0 = time.perf_counter()
             inputs = conv._inputs(turn)
             torch.cuda.synchronize()
@@ -310,7 +312,7 @@ def chat(results: dict, save, quick: bool) -> None:
 def _timed_ask(conv, img, n):
     t0 = time.perf_counter()
     first = None
-    for _ in conv.stream("<image>Describe the image in detail.", [img], max_new_tokens=n):
+    for _ in conv.stream(QUESTION, [img], max_new_tokens=n):
         if first is None:
             first = time.perf_counter() - t0
     torch.cuda.synchronize()
@@ -333,7 +335,7 @@ def _naive_generate(model, inputs):
 
 def _naive_runs(model, inputs):
     """The timings, and the prompt and answer ids of the last 128-token answer."""
-    res, ids = {}, None
+    res = {}
     for _ in range(2):  # the second of each is kept (the first warms up)
         torch.cuda.synchronize(); t0 = time.perf_counter()
         model.generate(**inputs, max_new_tokens=1, do_sample=False)

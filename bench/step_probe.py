@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from perf import Sample, build, gpu_batch, params, time_steps  # noqa: E402
+from perf import QUESTION, Sample, build, gpu_batch, params, time_steps, _timed_ask  # noqa: E402
 from workbench import packing, sft  # noqa: E402
 from workbench.sft_config import SFTConfig  # noqa: E402
 
@@ -211,7 +211,7 @@ def decode(res, save, out_dir):
     s = workbench.load(work, name="probe")
     img = Image.new("RGB", (1344, 896), "red")
     conv = s.chat(log=False, trace=False, max_tiles=6)
-    turn = conv._prepare("<image>Describe the image in detail.", [img], [], conv.settings)
+    turn = conv._prepare(QUESTION, [img], [], conv.settings)
     inputs = conv._inputs(turn)
     n = inputs["input_ids"].shape[1]
     text = s.model.config.get_text_config()
@@ -352,7 +352,7 @@ def ttft(res, save, out_dir):
     def measure(label, profiled):
         for tiles, img in images:
             conv = s.chat(log=False, trace=False, max_tiles=6 if tiles > 1 else 1)
-            turn = conv._prepare("<image>Describe the image in detail.", [img], [], conv.settings)
+            turn = conv._prepare(QUESTION, [img], [], conv.settings)
             inputs = conv._inputs(turn)
 
             def first():
@@ -391,31 +391,20 @@ def ttft(res, save, out_dir):
         import pstats
 
         for tiles, img in images:
-            def ask():
-                conv = s.chat(log=False, trace=False, max_tiles=6 if tiles > 1 else 1)
-                t0 = time.perf_counter()
-                gen = conv.stream("<image>Describe the image in detail.", [img], max_new_tokens=1)
-                next(gen)
-                first = time.perf_counter() - t0
-                for _ in gen:
-                    pass
-                return first, conv.turns[-1].first_token_s
-
             for _ in range(2):
-                ask()
-            firsts, worker = zip(*(ask() for _ in range(7)))
+                _first_text(s, tiles, img, 1)
+            firsts, worker = zip(*(_first_text(s, tiles, img, 1) for _ in range(7)))
             conv = s.chat(log=False, trace=False, max_tiles=6 if tiles > 1 else 1)
-            turn = conv._prepare("<image>Describe the image in detail.", [img], [], conv.settings)
+            turn = conv._prepare(QUESTION, [img], [], conv.settings)
             row = {"first_text_ms_median": round(sorted(firsts)[3] * 1e3, 2), "first_text_ms_min": round(min(firsts) * 1e3, 2),
                    "worker_first_piece_ms_median": round(sorted(worker)[3] * 1e3, 2),
-                   "prepare_ms": round(timed(lambda: conv._prepare("<image>Describe the image in detail.", [img], [],
-                                                                    conv.settings), n=5) * 1e3, 2),
+                   "prepare_ms": round(timed(lambda: conv._prepare(QUESTION, [img], [], conv.settings), n=5) * 1e3, 2),
                    "inputs_ms": round(timed(lambda: conv._inputs(turn), n=5) * 1e3, 2)}
             if tiles == 7:
                 prof = cProfile.Profile()
                 prof.enable()
                 for _ in range(3):
-                    ask()
+                    _first_text(s, tiles, img, 1)
                 prof.disable()
                 text = io.StringIO()
                 pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(45)
@@ -430,6 +419,14 @@ def ttft(res, save, out_dir):
     measure("_compiled_prefill", profiled=False)
     end_to_end("_compiled_prefill")
     s.unload()
+
+
+def _first_text(s, tiles, img, n):
+    """One question in a fresh conversation, answered with ``n`` tokens: seconds to its first text
+    (processor and all, perf's ``_timed_ask``), and the worker's part of them."""
+    conv = s.chat(log=False, trace=False, max_tiles=6 if tiles > 1 else 1)
+    first = _timed_ask(conv, img, n)["ttft_s"]
+    return first, conv.turns[-1].first_token_s
 
 
 def ttft_compiled(res, save, out_dir):
@@ -447,27 +444,16 @@ def ttft_compiled(res, save, out_dir):
     s = workbench.load(save_random_chat_model(), name="ttft-compiled", compile=True)
     dec = decode.for_session(s)
     rows = res.setdefault("ttft_compile_true", {})
-    question = "<image>Describe the image in detail."
     for tiles, img in ((1, Image.new("RGB", (448, 448), "red")), (7, Image.new("RGB", (1344, 896), "red"))):
-        def first_text(n):
-            conv = s.chat(log=False, trace=False, max_tiles=6 if tiles > 1 else 1)
-            t0 = time.perf_counter()
-            gen = conv.stream(question, [img], max_new_tokens=n)
-            next(gen)
-            first = time.perf_counter() - t0
-            for _ in gen:
-                pass
-            return first
-
         t0 = time.perf_counter()
-        first_text(128)
+        _first_text(s, tiles, img, 128)
         row = {"first_ask_s": round(time.perf_counter() - t0, 1)}
         for n in (1, 128):
-            times = sorted(first_text(n) for _ in range(7))
+            times = sorted(_first_text(s, tiles, img, n)[0] for _ in range(7))
             row[f"first_text_ms_{n}_tokens"] = {"median": round(times[3] * 1e3, 2), "min": round(times[0] * 1e3, 2)}
         conv = s.chat(log=False, trace=False, max_tiles=6 if tiles > 1 else 1)
-        inputs = conv._inputs(conv._prepare(question, [img], [], conv.settings))
-        row["processor_ms"] = round(timed(lambda: conv._inputs(conv._prepare(question, [img], [], conv.settings)),
+        inputs = conv._inputs(conv._prepare(QUESTION, [img], [], conv.settings))
+        row["processor_ms"] = round(timed(lambda: conv._inputs(conv._prepare(QUESTION, [img], [], conv.settings)),
                                           n=7) * 1e3, 2)
         row["decoder_first_token_ms"] = round(timed(lambda: dec.generate(
             inputs, max_new_tokens=1, stop_ids=[], stop_event=threading.Event(), on_token=lambda t: None), n=7) * 1e3, 2)

@@ -87,8 +87,8 @@ def checkpoint_layers(model, share: float = 1.0) -> int:
     """Gradient checkpointing (non-reentrant) on ``share`` of the language model's layers, spread
     evenly; the others keep their activations. Checkpointing every layer costs a second forward
     pass in backward: on the InternVL2-8B shape, compute-bound already at 2 packed samples, that
-    recompute is what stands between 9.5k and 13.9k tokens/s (bench/perf.py), while dropping it
-    takes 68 instead of 20 GiB. A share in between trades the two. Written here rather than with
+    recompute is what stands between 9.6k and 13.6k tokens/s (bench/perf.py, 2 packed), while
+    dropping it takes 41.8 instead of 17.6 GiB. A share in between trades the two. Written here rather than with
     transformers' ``every_n_layers``: that exists only in newer releases (not 5.17) and cannot say
     3 of 4. The vision tower's layers keep what transformers set (a frozen tower runs without
     autograd anyway, see frozen_vision_without_autograd). Returns how many layers checkpoint."""
